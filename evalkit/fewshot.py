@@ -1,0 +1,241 @@
+"""Few-shot linear probes by closed-form ridge regression — big_vision's protocol, exactly.
+
+Protocol (DESIGN.md §5; big_vision `evaluators/fewshot_lsr`, paper "Scaling Vision Transformers"):
+  * episodes: for seed s, `rng = np.random.default_rng(s)`; for each class c in order, a permutation of the train
+    indices of class c; the k-shot set is the concatenation over classes of the first k of each permutation. The same
+    permutations serve every k, so the sets are nested across k.
+  * whitening with the k-shot set's mean and population std (+1e-5), applied to train and test;
+  * a constant feature 100.0 appended (the bias, regularised like every other weight);
+  * targets 2·onehot − 1;
+  * W from one eigendecomposition (of XᵀX when N ≥ D, else of XXᵀ), float32; predict argmax(X_test W);
+  * λ = 1024, accuracy on the full test split, per seed.
+
+Beside the fixed λ, and never instead of it, λ is also chosen from the k-shot labels alone by exact leave-one-out
+classification error over a grid, from the same eigendecomposition (no test labels are looked at).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DEFAULT_SHOTS = (1, 5, 10, 25)
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_L2_REG = 1024.0  # 2**10, big_vision's fixed value.
+LOO_L2_GRID = tuple(2.0**p for p in range(-5, 16))  # 2^-5 ... 2^15
+BIAS_FEATURE = 100.0
+STD_EPS = 1e-5
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Episodes: which train examples form each k-shot set.
+
+
+def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
+  """Per class c (in order) a permutation of the positions of class c, drawn from `default_rng(seed)`."""
+  labels = np.asarray(labels)
+  rng = np.random.default_rng(seed)
+  return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+
+
+def episode_indices(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
+  """Positions (into `labels`) of the `shots`-shot set for `seed`, ordered by class then permutation."""
+  perms = class_permutations(labels, num_classes, seed)
+  return np.concatenate([p[:shots] for p in perms]).astype(np.int64)
+
+
+def episode_manifest(labels, num_classes, shots: Sequence[int], seeds: Sequence[int]) -> dict:
+  """{(shots, seed): positions} for every episode; one draw of permutations per seed serves every k."""
+  manifest = {}
+  for seed in seeds:
+    perms = class_permutations(labels, num_classes, seed)
+    for k in shots:
+      manifest[(k, seed)] = np.concatenate([p[:k] for p in perms]).astype(np.int64)
+  return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The closed-form solve (jitted; one compilation per k-shot set size).
+
+
+def _whiten_and_bias(x, mean, std):
+  x = (x - mean) / std
+  return jnp.concatenate([x, jnp.full((x.shape[0], 1), BIAS_FEATURE, x.dtype)], axis=1)
+
+
+def _transpose_times_targets(m, labels, num_classes):
+  """mᵀY for the ±1 targets Y = 2·onehot(labels) − 1, without materialising Y.
+
+  mᵀY = 2·mᵀonehot − (mᵀ1)1ᵀ, and mᵀonehot is a per-class sum of rows: O(N·r) instead of the O(N·r·K) product, the
+  largest single cost of an ImageNet 25-shot episode.
+  """
+  class_sums = jax.ops.segment_sum(m, labels, num_segments=num_classes)  # (K, r)
+  return (2.0 * class_sums - jnp.sum(m, axis=0)[None, :]).T
+
+
+def _spectral_factors(x, labels, num_classes):
+  """One eigendecomposition per episode, in the smaller of the two Gram matrices.
+
+  N ≥ D: eigh(XᵀX) = Q diag(e) Qᵀ and W(λ) = Q diag(1/(e+λ)) QᵀXᵀY.
+  N < D: eigh(XXᵀ) = U diag(e) Uᵀ and W(λ) = XᵀU diag(1/(e+λ)) UᵀY.
+  Returns (e, Q or U, QᵀXᵀY or UᵀY).
+  """
+  n, d = x.shape
+  if n >= d:
+    e, q = jnp.linalg.eigh(x.T @ x)
+    return e, q, q.T @ _transpose_times_targets(x, labels, num_classes)
+  e, u = jnp.linalg.eigh(x @ x.T)
+  return e, u, _transpose_times_targets(u, labels, num_classes)
+
+
+def _weights(x, e, vecs, proj, l2_reg):
+  n, d = x.shape
+  scaled = proj / (e + l2_reg)[:, None]
+  return vecs @ scaled if n >= d else x.T @ (vecs @ scaled)
+
+
+def _loo_errors(x, labels, e, vecs, proj, l2_grid):
+  """Exact leave-one-out classification error of the ridge classifier, for every λ of the grid.
+
+  With hat matrix H = X(XᵀX+λI)⁻¹Xᵀ, the prediction for example i from a fit without it is
+  (ŷ_i − h_ii y_i)/(1 − h_ii). Since y_i = 2·e_c − 1 and 0 ≤ h_ii < 1, its argmax equals argmax_k(ŷ_ik − 2h_ii[k=c]):
+  adding h_ii to every class and dividing by 1 − h_ii change no ranking.
+  """
+  n, d = x.shape
+  # Row-space coordinates: A (N×r) with ŷ(λ) = A diag(g) proj and h(λ) = (A∘A) g'.
+  if n >= d:
+    a = x @ vecs
+    gain = lambda lam: 1.0 / (e + lam)  # ŷ = XQ diag(1/(e+λ)) QᵀXᵀY, h = Σ_j (XQ)_ij² / (e_j+λ)
+  else:
+    a = vecs
+    gain = lambda lam: e / (e + lam)  # ŷ = U diag(e/(e+λ)) UᵀY, h = Σ_j U_ij² e_j/(e_j+λ)
+  a2 = a * a
+  true_class = jax.nn.one_hot(labels, proj.shape[1], dtype=x.dtype)
+
+  def error_at(lam):
+    g = gain(lam)
+    pred = (a * g) @ proj
+    hat = a2 @ g
+    loo_pred = jnp.argmax(pred - 2.0 * hat[:, None] * true_class, axis=1)
+    return jnp.mean((loo_pred != labels).astype(jnp.float32))
+
+  return jax.lax.map(error_at, l2_grid)
+
+
+def _solve_episode(x_shot, y_shot, x_test, l2_reg, l2_grid, *, num_classes):
+  """One episode: whiten, solve at the fixed λ (and the LOO-chosen λ), predict the test set."""
+  x_shot = x_shot.astype(jnp.float32)
+  mean = jnp.mean(x_shot, axis=0)
+  std = jnp.std(x_shot, axis=0) + STD_EPS  # population std, as big_vision
+  x = _whiten_and_bias(x_shot, mean, std)
+  xt = _whiten_and_bias(x_test.astype(jnp.float32), mean, std)
+  e, vecs, proj = _spectral_factors(x, y_shot, num_classes)
+  pred_fixed = jnp.argmax(xt @ _weights(x, e, vecs, proj, l2_reg), axis=1)
+  if l2_grid is None:
+    return pred_fixed, None, None
+  loo_err = _loo_errors(x, y_shot, e, vecs, proj, l2_grid)
+  # Ties go to the largest λ: among equally good fits, prefer the most regularised one.
+  best = len(l2_grid) - 1 - jnp.argmin(loo_err[::-1])
+  pred_loo = jnp.argmax(xt @ _weights(x, e, vecs, proj, l2_grid[best]), axis=1)
+  return pred_fixed, pred_loo, loo_err
+
+
+@dataclasses.dataclass
+class Episode:
+  """Outcome of one (shots, seed) episode."""
+  shots: int
+  seed: int
+  l2_reg: float
+  accuracy: float
+  predictions: np.ndarray  # predicted test labels at the fixed λ, in test order
+  train_positions: np.ndarray  # positions into the train features of the k-shot set
+  loo_l2_reg: float | None = None  # λ chosen by leave-one-out on the k-shot set
+  loo_accuracy: float | None = None  # test accuracy at that λ
+  loo_errors: list[float] | None = None  # LOO error for every λ of the grid
+  loo_predictions: np.ndarray | None = None
+
+
+class RidgeProbe:
+  """Runs few-shot ridge episodes on fixed train/test features.
+
+  The test features are placed on the devices of `mesh` once, sharded along their rows, and reused by every episode;
+  the k-shot side (at most a few ten thousand rows) is replicated. Padding rows added to make the test set divisible by
+  the device count are dropped before scoring, so results do not depend on the device count.
+  """
+
+  def __init__(self, x_train, y_train, x_test, y_test, *, num_classes: int, mesh: Mesh | None = None):
+    self.x_train = np.asarray(x_train, np.float32)
+    self.y_train = np.asarray(y_train, np.int32)
+    self.y_test = np.asarray(y_test, np.int32)
+    self.num_classes = int(num_classes)
+    self.mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()), ("data",))
+    x_test = np.asarray(x_test, np.float32)
+    self.n_test = len(x_test)
+    n_dev = self.mesh.devices.size
+    pad = (-self.n_test) % n_dev
+    x_test = np.concatenate([x_test, np.zeros((pad, x_test.shape[1]), np.float32)]) if pad else x_test
+    self._rows = NamedSharding(self.mesh, P("data"))
+    self._replicated = NamedSharding(self.mesh, P())
+    self.x_test = jax.device_put(x_test, self._rows)
+    self._solve = jax.jit(
+        _solve_episode, static_argnames=("num_classes",),
+        out_shardings=(self._rows, self._rows, self._replicated))
+
+  def episode(self, positions: np.ndarray, *, l2_reg: float = DEFAULT_L2_REG,
+              l2_grid: Sequence[float] | None = None) -> tuple:
+    """Solves one episode given the positions of its k-shot set; returns host arrays."""
+    put = lambda a: jax.device_put(a, self._replicated)
+    grid = None if l2_grid is None else put(np.asarray(l2_grid, np.float32))
+    pred, pred_loo, loo_err = self._solve(
+        put(self.x_train[positions]), put(self.y_train[positions]), self.x_test,
+        put(np.float32(l2_reg)), grid, num_classes=self.num_classes)
+    trim = lambda a: None if a is None else np.asarray(a)[: self.n_test]
+    return trim(pred), trim(pred_loo), (None if loo_err is None else np.asarray(loo_err))
+
+  def run(self, shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, *, l2_reg=DEFAULT_L2_REG,
+          l2_grid: Sequence[float] | None = LOO_L2_GRID) -> list[Episode]:
+    manifest = episode_manifest(self.y_train, self.num_classes, shots, seeds)
+    episodes = []
+    for (k, seed), positions in manifest.items():
+      pred, pred_loo, loo_err = self.episode(positions, l2_reg=l2_reg, l2_grid=l2_grid)
+      ep = Episode(shots=k, seed=seed, l2_reg=float(l2_reg), accuracy=self._accuracy(pred), predictions=pred,
+                   train_positions=positions)
+      if l2_grid is not None:
+        best = len(l2_grid) - 1 - int(np.argmin(loo_err[::-1]))
+        ep.loo_l2_reg = float(l2_grid[best])
+        ep.loo_accuracy = self._accuracy(pred_loo)
+        ep.loo_errors = [float(v) for v in loo_err]
+        ep.loo_predictions = pred_loo
+      episodes.append(ep)
+    return episodes
+
+  def _accuracy(self, pred) -> float:
+    return float(np.mean(pred == self.y_test))
+
+
+def ridge_fewshot(x_train, y_train, x_test, y_test, *, num_classes: int,
+                  shots: Iterable[int] = DEFAULT_SHOTS, seeds: Iterable[int] = DEFAULT_SEEDS,
+                  l2_reg: float = DEFAULT_L2_REG, mesh: Mesh | None = None) -> dict[tuple[int, int], float]:
+  """big_vision few-shot ridge accuracy per (shots, seed) — the stable public API (DESIGN.md §3)."""
+  probe = RidgeProbe(x_train, y_train, x_test, y_test, num_classes=num_classes, mesh=mesh)
+  episodes = probe.run(tuple(shots), tuple(seeds), l2_reg=l2_reg, l2_grid=None)
+  return {(ep.shots, ep.seed): ep.accuracy for ep in episodes}
+
+
+def summarize(episodes: Sequence[Episode]) -> dict:
+  """Per shot count: per-seed accuracies, mean and (population) std over seeds, for fixed-λ and LOO-λ results."""
+  out = {}
+  for k in sorted({ep.shots for ep in episodes}):
+    eps = sorted((ep for ep in episodes if ep.shots == k), key=lambda ep: ep.seed)
+    acc = np.array([ep.accuracy for ep in eps])
+    row = {"per_seed": {str(ep.seed): ep.accuracy for ep in eps}, "mean": float(acc.mean()), "std": float(acc.std())}
+    if eps[0].loo_accuracy is not None:
+      loo = np.array([ep.loo_accuracy for ep in eps])
+      row["loo"] = {"per_seed": {str(ep.seed): ep.loo_accuracy for ep in eps}, "mean": float(loo.mean()),
+                    "std": float(loo.std()), "l2_reg": {str(ep.seed): ep.loo_l2_reg for ep in eps}}
+    out[f"{k}shot"] = row
+  return out

@@ -1,0 +1,1 @@
+"""Model definitions (big_vision-compatible parameter trees)."""
