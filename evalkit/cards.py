@@ -1,0 +1,233 @@
+"""Checkpoint cards: small TOML files that describe a checkpoint.
+
+A card says what a checkpoint is (model config, native resolution, where the
+weights live, where they come from) and which numbers were published for it,
+so that `evalkit eval <card>` needs no flags and reports can put our numbers
+next to the published ones. Cards never download anything: `path` points at a
+file the user provides (absolute, or relative to the card's directory).
+
+Example (checkpoints/vit_g14.toml):
+
+  name = "vit_g14"
+  description = "ViT-G/14 pre-trained on JFT-3B"
+  format = "npz"                    # "npz" | "orbax"
+  path = "vit_g14.npz"              # may carry big_vision's ":prefix"
+  source = "Zhai et al., Scaling Vision Transformers, arXiv:2106.04560"
+  resolution = 224                  # native image size (pixels, square)
+  finetune_resolution = 518         # optional
+  dont_load = ["head/.*"]           # optional regexes, see checkpoints.py
+  [model]                           # ViT() arguments: variant and/or fields
+  variant = "G/14"
+  pool_type = "map"
+  [published]                       # "<task>/<metric>" = number
+  "imagenet2012/10shot" = 84.86
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+import tomllib
+from typing import Any, Iterable
+
+from evalkit import checkpoints
+from evalkit.models import vit
+
+# The repo's own cards: <repo>/checkpoints/*.toml (next to the package).
+CARDS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+FORMATS = ("npz", "orbax")
+_REQUIRED = ("name", "format", "path", "model", "resolution")
+_OPTIONAL = ("description", "source", "finetune_resolution", "dont_load",
+             "published", "notes")
+
+
+class CardError(Exception):
+  """A card is missing, malformed or unknown (always one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+  """A parsed checkpoint card.
+
+  Attributes:
+    name: short identifier (by convention the file's stem).
+    description: one-line human description.
+    format: "npz" or "orbax".
+    path: checkpoint path as written in the card (see `resolved_path`).
+    source: provenance / citation.
+    model_config: the card's [model] table: `vit.ViT` arguments ("variant"
+      and/or explicit big_vision fields). Named model_config because
+      `model()` builds the module.
+    resolution: native (pre-training) square image size in pixels.
+    dont_load: regexes of params not to read from the checkpoint.
+    published: published numbers, "<task>/<metric>" -> value.
+    finetune_resolution: resolution the published fine-tune numbers used.
+    notes: free text (caveats, assumptions).
+    card_path: the TOML file this card was read from.
+  """
+  name: str
+  format: str
+  path: str
+  model_config: dict[str, Any]
+  resolution: int
+  description: str = ""
+  source: str = ""
+  dont_load: tuple[str, ...] = ()
+  published: dict[str, float] = dataclasses.field(default_factory=dict)
+  finetune_resolution: int | None = None
+  notes: str = ""
+  card_path: Path | None = None
+
+  def model(self, num_classes: int | None = None) -> vit.VisionTransformer:
+    """The card's ViT; no head by default (feature extraction)."""
+    cfg = {k: v for k, v in self.model_config.items() if k != "num_classes"}
+    return vit.from_config({**cfg, "num_classes": num_classes})
+
+  def resolved_path(self) -> str:
+    """Checkpoint path with ~ and $VARS expanded, relative to the card's dir."""
+    path = os.path.expandvars(os.path.expanduser(self.path))
+    if not os.path.isabs(path) and self.card_path is not None:
+      path = os.path.join(os.path.dirname(os.path.abspath(self.card_path)),
+                          path)
+    return path
+
+  def available(self) -> bool:
+    """Whether the checkpoint file/directory exists on this machine."""
+    file, _ = checkpoints.split_spec(self.resolved_path())
+    return os.path.exists(file)
+
+  def load_checkpoint(self, *, image_size=None, num_classes=None,
+                      dont_load: Iterable[str] = ()) -> checkpoints.Checkpoint:
+    """Loads the weights into `self.model(num_classes)` (default: native res).
+
+    The card's `dont_load` patterns are always applied, plus `dont_load`.
+    """
+    if not self.available():
+      raise checkpoints.CheckpointError(
+          f"checkpoint {self.resolved_path()} of card {self.name} is not on "
+          "this machine (evalkit downloads nothing; put the file there or "
+          "edit the card's path)")
+    return checkpoints.load_checkpoint(
+        self.resolved_path(), model=self.model(num_classes),
+        image_size=image_size or self.resolution,
+        dont_load=(*self.dont_load, *dont_load))
+
+
+def _fail(card_path, message: str):
+  raise CardError(f"card {card_path}: {message}")
+
+
+def _check_types(data: dict, card_path) -> None:
+  """Validates presence and types of the card's fields (typos included)."""
+  missing = [k for k in _REQUIRED if k not in data]
+  if missing:
+    _fail(card_path, f"missing required field(s) {missing}")
+  unknown = sorted(set(data) - set(_REQUIRED) - set(_OPTIONAL))
+  if unknown:
+    _fail(card_path, f"unknown field(s) {unknown}; allowed: "
+          f"{', '.join(_REQUIRED + _OPTIONAL)}")
+  if data["format"] not in FORMATS:
+    _fail(card_path, f"format must be one of {FORMATS}, got {data['format']!r}")
+  for key in ("name", "path", "description", "source", "notes"):
+    if key in data and not isinstance(data[key], str):
+      _fail(card_path, f"{key} must be a string")
+  for key in ("resolution", "finetune_resolution"):
+    value = data.get(key)
+    if key in data and (not isinstance(value, int) or isinstance(value, bool)
+                        or value <= 0):
+      _fail(card_path, f"{key} must be a positive integer, got {value!r}")
+  if not isinstance(data["model"], dict):
+    _fail(card_path, "[model] must be a table")
+  dont_load = data.get("dont_load", [])
+  if not (isinstance(dont_load, list)
+          and all(isinstance(p, str) for p in dont_load)):
+    _fail(card_path, "dont_load must be a list of regex strings")
+  published = data.get("published", {})
+  if not isinstance(published, dict):
+    _fail(card_path, "[published] must be a table")
+  for key, value in published.items():
+    if "/" not in key:
+      _fail(card_path, f"published key {key!r} is not '<task>/<metric>'")
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+      _fail(card_path, f"published value for {key!r} is not a number")
+
+
+def parse_card(card_path: str | os.PathLike) -> Card:
+  """Reads and validates one card file."""
+  card_path = Path(card_path)
+  try:
+    with open(card_path, "rb") as f:
+      data = tomllib.load(f)
+  except FileNotFoundError:
+    raise CardError(f"card {card_path}: no such file") from None
+  except (OSError, tomllib.TOMLDecodeError) as e:
+    raise CardError(f"card {card_path}: invalid TOML: "
+                    f"{' '.join(str(e).split())}") from None
+  _check_types(data, card_path)
+  card = Card(
+      name=data["name"], format=data["format"], path=data["path"],
+      model_config=dict(data["model"]), resolution=data["resolution"],
+      description=data.get("description", ""), source=data.get("source", ""),
+      dont_load=tuple(data.get("dont_load", ())),
+      published={k: float(v) for k, v in data.get("published", {}).items()},
+      finetune_resolution=data.get("finetune_resolution"),
+      notes=data.get("notes", ""), card_path=card_path.resolve())
+  try:  # Build the model once so a bad [model] table fails here, not later.
+    card.model()
+  except (ValueError, TypeError) as e:
+    raise CardError(f"card {card_path}: bad [model] table: "
+                    f"{' '.join(str(e).split())}") from None
+  return card
+
+
+def _search_dirs(cards_dirs) -> list[Path]:
+  """Extra dirs first (a user's card can shadow a built-in one), then ours."""
+  if cards_dirs is None:
+    extra = []
+  elif isinstance(cards_dirs, (str, os.PathLike)):
+    extra = [Path(cards_dirs)]
+  else:
+    extra = [Path(d) for d in cards_dirs]
+  return [*extra, CARDS_DIR]
+
+
+def list_cards(cards_dirs=None) -> list[Card]:
+  """All cards in the search dirs, sorted by name (first of a name wins)."""
+  found: dict[str, Card] = {}
+  for directory in _search_dirs(cards_dirs):
+    if not directory.is_dir():
+      continue
+    for card_file in sorted(directory.glob("*.toml")):
+      card = parse_card(card_file)
+      found.setdefault(card.name, card)
+  return [found[name] for name in sorted(found)]
+
+
+def load_card(name_or_path: str | os.PathLike, cards_dirs=None) -> Card:
+  """Loads a card by name (`<name>.toml` in the search dirs) or by file path.
+
+  Raises:
+    CardError: unknown name (the message lists the known ones) or bad card.
+  """
+  text = os.fspath(name_or_path)
+  if text.endswith(".toml") or os.sep in text or (
+      os.altsep and os.altsep in text):
+    return parse_card(text)
+  dirs = _search_dirs(cards_dirs)
+  for directory in dirs:
+    candidate = directory / f"{text}.toml"
+    if candidate.is_file():
+      return parse_card(candidate)
+  # Fall back to the `name` field, for cards whose file stem differs.
+  known = list_cards(cards_dirs)
+  for card in known:
+    if card.name == text:
+      return card
+  names = ", ".join(c.name for c in known) or "(none)"
+  searched = ", ".join(str(d) for d in dirs)
+  raise CardError(f"unknown checkpoint card {text!r}; known cards: {names} "
+                  f"(searched {searched})")
+
+
+__all__ = ["Card", "CardError", "CARDS_DIR", "list_cards", "load_card",
+           "parse_card"]
