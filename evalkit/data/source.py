@@ -1,0 +1,521 @@
+"""Reading TFDS splits in dataset order, sharded contiguously over processes.
+
+Dataset order is the order of examples in the prepared files (the index
+`tfds.data_source` uses). A split spec with one slice, e.g. "train[1000:]",
+resolves to an absolute range [start, stop) of its base split; process p of P
+reads the contiguous piece [start + p*n//P, start + (p+1)*n//P), n = stop -
+start, so concatenating the processes' pieces in process order gives dataset
+order whatever the number of hosts or the batch size.
+
+Storage formats:
+* array_record (what evalkit's embedded datasets use, and `tfds build
+  --file_format=array_record`): random access, no TensorFlow needed.
+* tfrecord (the tfds default, e.g. most users' imagenet2012): read through
+  `tf.data` with one file at a time in file order; needs TensorFlow.
+
+Images are decoded with PIL in both cases (tfds itself would use OpenCV when
+installed, or TF for tfrecord), so pixels never depend on which of those is
+installed. See pp.py for how PIL's JPEG decoding relates to big_vision's.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from evalkit.data import pp as pp_lib
+
+Example = dict[str, Any]
+
+
+class DatasetNotPrepared(Exception):
+  """A dataset is not in the data_dir (or cannot be prepared); one-line message."""
+
+  def __init__(self, name: str, data_dir: str | None, how: str | None = None,
+               *, manual: bool = False):
+    self.name, self.data_dir = name, data_dir
+    if how is None:
+      how = f"run `tfds build {name} --data_dir={data_dir}`"
+      manual_dir = os.path.join(str(data_dir), "downloads", "manual")
+      if name.split("/")[0].split(":")[0].startswith("imagenet2012"):
+        how += (" after placing the manual download (ILSVRC2012_img_train.tar, "
+                f"ILSVRC2012_img_val.tar) in {manual_dir}")
+      elif manual:
+        how += f" after placing its manual download in {manual_dir}"
+    where = f" in data_dir {data_dir}" if data_dir else ""
+    super().__init__(f"Dataset {name!r} is not prepared{where}: {how}")
+
+
+def default_data_dir() -> str:
+  """tfds' convention: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+  return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser(
+      "~/tensorflow_datasets")
+
+
+def split_name_version(name: str) -> tuple[str, str | None]:
+  """"fashion_mnist:3.0.1" -> ("fashion_mnist", "3.0.1")."""
+  base, _, version = name.partition(":")
+  return base, (version or None)
+
+
+def resolve_split(split: str, split_infos) -> tuple[str, int, int]:
+  """Resolves a one-piece split spec to (base_split, start, stop), absolute.
+
+  Uses tfds' own ReadInstruction, so percent slices round like tfds ("closest").
+  """
+  try:
+    pieces = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
+  except (ValueError, KeyError, AssertionError) as e:
+    raise ValueError(f"Bad split {split!r} (available: "
+                     f"{sorted(split_infos)}): {e}") from None
+  if len(pieces) != 1:
+    raise ValueError(f"Split {split!r} combines {len(pieces)} pieces; evalkit "
+                     "reads one base split with at most one slice")
+  piece = pieces[0]
+  n = split_infos[piece.splitname].num_examples
+  start, stop, _ = slice(piece.from_, piece.to).indices(n)
+  return piece.splitname, start, max(start, stop)
+
+
+def shard_bounds(start: int, stop: int, process_index: int,
+                 process_count: int) -> tuple[int, int]:
+  """Contiguous piece of [start, stop) for one process (sizes differ by <= 1)."""
+  n = stop - start
+  return (start + process_index * n // process_count,
+          start + (process_index + 1) * n // process_count)
+
+
+def _load_builder(name: str, data_dir: str):
+  """A prepared builder for `name`, preparing embedded datasets on first use."""
+  # Imported here: embedded.py imports DatasetNotPrepared from this module.
+  from evalkit.data import embedded  # pylint: disable=g-import-not-at-top
+  base, version = split_name_version(name)
+  if base in embedded.EMBEDDED and version in (
+      None, str(embedded.EMBEDDED[base].VERSION)):
+    embedded.ensure_prepared(base, data_dir)
+    return embedded.builder(base, data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetNotPrepared(name, data_dir) from None
+  except AssertionError as e:  # tfds' way of saying "no such version".
+    if "version" not in str(e):
+      raise
+    raise DatasetNotPrepared(name, data_dir) from None
+  if not builder.is_prepared():
+    manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
+    raise DatasetNotPrepared(name, data_dir, manual=manual)
+  return builder
+
+
+def _tensorflow_available() -> bool:
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+class _Decoder:
+  """Turns stored examples into numpy dicts; images are decoded with PIL."""
+
+  def __init__(self, features):
+    self._features = features
+    self._images = {k: f for k, f in features.items()
+                    if isinstance(f, tfds.features.Image)}
+    # tfds leaves skipped features as their stored bytes.
+    self.skip_images = {k: tfds.decode.SkipDecoding() for k in self._images}
+
+  def decode_images(self, example: Example) -> Example:
+    for key, feature in self._images.items():
+      data = example[key]
+      if not isinstance(data, (bytes, np.bytes_)):
+        continue
+      if np.dtype(feature.np_dtype) == np.uint8:
+        channels = feature.shape[-1] or 0
+        example[key] = pp_lib.decode_image(bytes(data), channels)
+      else:  # uint16 / float images: leave those to tfds.
+        example[key] = feature.decode_example_np(bytes(data))
+    return example
+
+  def deserialize(self, record: bytes, images: bool = True) -> Example:
+    example = self._features.deserialize_example_np(
+        record, decoders=self.skip_images)
+    return self.decode_images(example) if images else example
+
+
+class _ArrayRecordBackend:
+  """Random access through tfds' array_record data source (no TensorFlow)."""
+
+  random_access = True
+
+  def __init__(self, builder, base_split: str):
+    self._source = builder.as_data_source(
+        split=base_split,
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self.decoder = _Decoder(builder.info.features)
+    # Reads of raw bytes are serialised (cheap, and the reader's thread safety
+    # is not documented); decoding, the expensive part, runs in parallel.
+    self._lock = threading.Lock()
+
+  def read(self, ids: np.ndarray, images: bool = True) -> list[Example]:
+    with self._lock:
+      records = self._source.__getitems__([int(i) for i in ids])
+    return [self.decoder.deserialize(r, images) for r in records]
+
+
+class DatasetUnreadable(Exception):
+  """A prepared dataset that cannot be read in this installation; one-line message."""
+
+
+class _TfRecordBackend:
+  """Sequential reading through tf.data, examples in file order."""
+
+  random_access = False
+
+  def __init__(self, builder, base_split: str):
+    if not _tensorflow_available():
+      raise DatasetUnreadable(
+          f"Dataset {builder.info.full_name} is stored as tfrecord, which needs "
+          "TensorFlow: `pip install 'evalkit[tf]'` (or re-prepare it with "
+          "`tfds build ... --file_format=array_record`)")
+    self._builder, self._base_split = builder, base_split
+    self.decoder = _Decoder(builder.info.features)
+
+  def iterate(self, start: int, stop: int, images: bool = True,
+              keys: Iterable[str] | None = None) -> Iterator[Example]:
+    if stop <= start:
+      return
+    decoders = dict(self.decoder.skip_images)
+    # interleave_cycle_length=1 reads one file after the other, i.e. the same
+    # order as array_record's global index.
+    ds = self._builder.as_dataset(
+        split=f"{self._base_split}[{start}:{stop}]", shuffle_files=False,
+        decoders=decoders,
+        read_config=tfds.ReadConfig(interleave_cycle_length=1))
+    for example in tfds.as_numpy(ds):
+      if keys is not None:
+        example = {k: example[k] for k in keys}
+      yield self.decoder.decode_images(example) if images else example
+
+
+def _stack(examples: list[Example]) -> dict[str, np.ndarray]:
+  out = {}
+  for key in examples[0]:
+    values = [e[key] for e in examples]
+    try:
+      out[key] = np.stack([np.asarray(v) for v in values])
+    except ValueError:
+      shapes = sorted({np.shape(v) for v in values})
+      raise ValueError(
+          f"Cannot batch {key!r}: shapes differ within a batch {shapes[:4]}; "
+          "add a resize/crop to the pp string") from None
+  return out
+
+
+def _ordered_batches(batches: Iterator[list[Callable[[], dict]]],
+                     num_threads: int, prefetch: int
+                     ) -> Iterator[dict[str, np.ndarray]]:
+  """Runs each batch's part-jobs in a thread pool; yields batches in order.
+
+  A batch is split into parts so all threads work on the same batch (rather
+  than one batch per thread), and at most `prefetch` batches beyond the one
+  being consumed are in flight: memory stays at a few batches even for large
+  images and many threads.
+  """
+  pool = concurrent.futures.ThreadPoolExecutor(
+      num_threads, thread_name_prefix="evalkit-data")
+  pending = collections.deque()
+
+  def collect(futures):
+    parts = [f.result() for f in futures]
+    if len(parts) == 1:
+      return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  try:
+    for parts in batches:
+      pending.append([pool.submit(part) for part in parts])
+      if len(pending) > prefetch:
+        yield collect(pending.popleft())
+    while pending:
+      yield collect(pending.popleft())
+  finally:
+    # Also runs when the consumer stops early: drop work nobody will read.
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def default_num_threads() -> int:
+  return min(16, os.cpu_count() or 1)
+
+
+@dataclasses.dataclass
+class SplitReader:
+  """One process's contiguous shard of a dataset split, in dataset order.
+
+  Attributes:
+    name: dataset name as given, without version (e.g. "fashion_mnist").
+    version: dataset version string (e.g. "1.0.0").
+    split: the split spec as given (e.g. "train[:2%]").
+    base_split: the split it slices (e.g. "train").
+    global_start, global_stop: the whole split's absolute range in base_split.
+    process_index, process_count: this process's place in the sharding.
+  """
+  name: str
+  version: str
+  split: str
+  base_split: str
+  global_start: int
+  global_stop: int
+  process_index: int
+  process_count: int
+  builder: Any = dataclasses.field(repr=False)
+  _backend: Any = dataclasses.field(repr=False, default=None)
+
+  def __post_init__(self):
+    fmt = self.builder.info.file_format
+    if fmt == tfds.core.FileFormat.ARRAY_RECORD or (
+        tfds.core.FileFormat.ARRAY_RECORD
+        in self.builder.info.available_file_formats()):
+      self._backend = _ArrayRecordBackend(self.builder, self.base_split)
+    else:
+      self._backend = _TfRecordBackend(self.builder, self.base_split)
+
+  # --- Sharding -------------------------------------------------------------
+
+  def shard_bounds(self, process_index: int) -> tuple[int, int]:
+    """Absolute [start, stop) of process `process_index`'s shard."""
+    if not 0 <= process_index < self.process_count:
+      raise ValueError(f"process_index {process_index} not in "
+                       f"[0, {self.process_count})")
+    return shard_bounds(self.global_start, self.global_stop, process_index,
+                        self.process_count)
+
+  @property
+  def shard_sizes(self) -> list[int]:
+    """Shard size of every process, in process order."""
+    return [b - a for a, b in map(self.shard_bounds,
+                                  range(self.process_count))]
+
+  @property
+  def start(self) -> int:
+    return self.shard_bounds(self.process_index)[0]
+
+  @property
+  def stop(self) -> int:
+    return self.shard_bounds(self.process_index)[1]
+
+  @property
+  def ids(self) -> np.ndarray:
+    """Absolute example indices (in base_split) of this process's shard."""
+    return np.arange(self.start, self.stop, dtype=np.int64)
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  # --- Metadata -------------------------------------------------------------
+
+  @property
+  def features(self):
+    return self.builder.info.features
+
+  @property
+  def num_classes(self) -> int | None:
+    """Number of classes of the `label` ClassLabel feature (None if absent)."""
+    if "label" not in self.features.keys():
+      return None
+    return getattr(self.features["label"], "num_classes", None)
+
+  # --- Reading --------------------------------------------------------------
+
+  def _part_job(self, ids: np.ndarray, raw: list[Example] | None,
+                preprocess: pp_lib.Preprocess | None, seed: int | None):
+    """A closure reading, decoding and preprocessing some examples (a thread's
+    share of a batch); it returns them stacked."""
+    def job():
+      examples = raw if raw is not None else self._backend.read(ids)
+      outs = []
+      for example_id, example in zip(ids, examples):
+        if raw is not None:
+          example = self._backend.decoder.decode_images(example)
+        if preprocess is not None:
+          # Per-example RNG from (seed, id): random pp is reproducible and
+          # independent of threads, batch size and host count.
+          rng = (np.random.default_rng([seed, int(example_id)])
+                 if seed is not None else None)
+          example = preprocess(example, rng)
+        example["id"] = np.int64(example_id)
+        outs.append(example)
+      return _stack(outs)
+    return job
+
+  def _batch_jobs(self, ids: np.ndarray, raw: list[Example] | None,
+                  preprocess, seed, num_threads: int):
+    """One batch as up to `num_threads` part-jobs over contiguous pieces."""
+    step = -(-len(ids) // num_threads)  # ceil
+    return [self._part_job(ids[i:i + step],
+                           raw[i:i + step] if raw is not None else None,
+                           preprocess, seed)
+            for i in range(0, len(ids), step)]
+
+  def iter_batches(self, batch_size: int,
+                   preprocess: pp_lib.Preprocess | str | None = None, *,
+                   num_threads: int | None = None, seed: int | None = None,
+                   prefetch: int | None = None
+                   ) -> Iterator[dict[str, np.ndarray]]:
+    """Yields this shard's examples as stacked batches, in dataset order.
+
+    Args:
+      batch_size: examples per batch; the last batch may be smaller.
+      preprocess: a pp string or parsed `Preprocess` applied to every example
+        (after images are decoded to uint8 HWC arrays); None keeps them raw.
+      num_threads: decoding + pp threads (default: CPU count, at most 16).
+      seed: needed by random pp ops; example i uses
+        np.random.default_rng([seed, i]).
+      prefetch: batches prepared ahead of the one being consumed (default 2);
+        memory is about (prefetch + 1) batches.
+
+    Yields:
+      dicts of arrays with a leading batch axis: the pp output ("image",
+      "label", ...) plus "id", the absolute example index.
+    """
+    if batch_size <= 0:
+      raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if isinstance(preprocess, str):
+      preprocess = pp_lib.parse(preprocess)
+    if preprocess is not None and preprocess.is_random and seed is None:
+      raise ValueError(f"pp {preprocess.spec!r} is random: pass seed=")
+    num_threads = max(1, num_threads or default_num_threads())
+    ids = self.ids
+    chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    if self._backend.random_access:
+      jobs = (self._batch_jobs(c, None, preprocess, seed, num_threads)
+              for c in chunks)
+    else:
+      # tf.data reads sequentially in this (the consumer's) thread; decoding
+      # and pp still run in the pool.
+      stream = self._backend.iterate(self.start, self.stop, images=False)
+      jobs = (self._batch_jobs(c, [next(stream) for _ in c], preprocess, seed,
+                               num_threads)
+              for c in chunks)
+    yield from _ordered_batches(jobs, num_threads,
+                                2 if prefetch is None else prefetch)
+
+  def read_labels(self, key: str = "label", chunk: int = 4096) -> np.ndarray:
+    """This shard's labels, in order, without decoding images."""
+    if self._backend.random_access:
+      labels = []
+      ids = self.ids
+      for i in range(0, len(ids), chunk):
+        for example in self._backend.read(ids[i:i + chunk], images=False):
+          labels.append(example[key])
+    else:
+      labels = [e[key] for e in self._backend.iterate(
+          self.start, self.stop, images=False, keys=[key])]
+    return np.asarray(labels, dtype=np.int64)
+
+
+def open_split(name: str, split: str, data_dir: str | None = None, *,
+               process_index: int = 0, process_count: int = 1) -> SplitReader:
+  """Opens a split of a prepared TFDS dataset for this process.
+
+  Args:
+    name: tfds name, optionally with config and version
+      ("fashion_mnist", "fashion_mnist:3.0.1"). "digits" and "fashion_mnist"
+      (without version, or with evalkit's) are evalkit's embedded datasets and
+      are prepared in data_dir on first use.
+    split: tfds split spec with at most one slice: "train", "train[:1000]",
+      "train[1000:]", "train[:2%]".
+    data_dir: TFDS data dir; None means `default_data_dir()`.
+    process_index, process_count: this host's index and the number of hosts.
+
+  Raises:
+    DatasetNotPrepared: the dataset is not prepared in data_dir.
+    ValueError: bad split spec.
+  """
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in "
+                     f"[0, {process_count})")
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  builder = _load_builder(name, data_dir)
+  base_split, start, stop = resolve_split(split, builder.info.splits)
+  return SplitReader(
+      name=split_name_version(name)[0], version=str(builder.info.version),
+      split=split, base_split=base_split, global_start=start,
+      global_stop=stop, process_index=process_index,
+      process_count=process_count, builder=builder)
+
+
+def dataset_fingerprint(reader: SplitReader) -> dict[str, Any]:
+  """Identifies the examples a split spec denotes, for cache keys.
+
+  start/stop are the whole split's absolute range (not this process's shard),
+  so a cache is shared by any number of hosts.
+  """
+  return dict(name=reader.name, version=reader.version, split=reader.split,
+              start=reader.global_start, stop=reader.global_stop)
+
+
+def availability(name: str, data_dir: str | None = None) -> str:
+  """A short word on whether `name` can be read from data_dir, without preparing or reading anything."""
+  from evalkit.data import embedded  # pylint: disable=g-import-not-at-top
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  base, version = split_name_version(name)
+  if base in embedded.EMBEDDED and version in (None, str(embedded.EMBEDDED[base].VERSION)):
+    if base == "fashion_mnist" and not embedded.fashion_mnist_available(data_dir=data_dir):
+      return "missing (apt-get install dataset-fashion-mnist)"
+    return "embedded"
+  try:
+    prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
+  except Exception:  # unknown to tfds and absent from data_dir
+    prepared = False
+  return "prepared" if prepared else "not prepared"
+
+
+class ArrayReader:
+  """An in-memory split with SplitReader's reading interface (benchmarks, tests, arrays from elsewhere).
+
+  Rows are sharded over processes exactly like SplitReader; ids are row indices.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int | None = None,
+               process_index: int = 0, process_count: int = 1):
+    self.images, self.labels = images, np.asarray(labels)
+    self.num_classes = num_classes if num_classes is not None else int(self.labels.max()) + 1
+    self.process_index, self.process_count = process_index, process_count
+    self.global_start, self.global_stop = 0, len(images)
+
+  @property
+  def shard_sizes(self) -> list[int]:
+    return [b - a for a, b in (shard_bounds(0, len(self.images), p, self.process_count)
+                               for p in range(self.process_count))]
+
+  @property
+  def ids(self) -> np.ndarray:
+    return np.arange(*shard_bounds(0, len(self.images), self.process_index, self.process_count), dtype=np.int64)
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def read_labels(self) -> np.ndarray:
+    return self.labels[self.ids]
+
+  def iter_batches(self, batch_size: int, preprocess: pp_lib.Preprocess | str | None = None,
+                   **unused_kw) -> Iterator[dict[str, np.ndarray]]:
+    if isinstance(preprocess, str):
+      preprocess = pp_lib.parse(preprocess)
+    ids = self.ids
+    for i in range(0, len(ids), batch_size):
+      chunk = ids[i:i + batch_size]
+      examples = [{"image": self.images[j], "label": self.labels[j]} for j in chunk]
+      if preprocess is not None:
+        examples = [preprocess(e) for e in examples]
+      yield {**_stack(examples), "id": chunk}
