@@ -26,6 +26,7 @@ from tqdm import tqdm
 from evalkit import distributed, fileio
 
 DEFAULT_REPRESENTATION = "pre_logits"
+log = logging.getLogger(__name__)
 DEFAULT_MICRO_BATCH = 16
 
 
@@ -140,7 +141,7 @@ def extract(featurizer: Featurizer, reader, preprocess, *, mesh: Mesh, batch_siz
   y = distributed.allgather_rows(distributed.pad_rows(local(labels, np.int64), width), shard_sizes)
   i = distributed.allgather_rows(distributed.pad_rows(local(ids, np.int64), width), shard_sizes)
   seconds = time.perf_counter() - start
-  logging.info("features: %d images in %.1f s (%.1f img/s, %d device(s), %d process(es))",
+  log.info("features: %d images in %.1f s (%.1f img/s, %d device(s), %d process(es))",
                len(x), seconds, len(x) / max(seconds, 1e-9), n_dev, n_proc)
   return Features(x=x, labels=y, ids=i, seconds=seconds)
 
@@ -175,7 +176,7 @@ class FeatureCache:
       with np.load(data) as z:
         return Features(x=z["x"], labels=z["labels"], ids=z["ids"], from_cache=True)
     except Exception as e:  # corrupt entry: say so and recompute
-      logging.warning("feature cache entry %s is corrupt (%s); recomputing", data, e)
+      log.warning("feature cache entry %s is corrupt (%s); recomputing", data, e)
       return None
 
   def store(self, key: str, feats: Features, info: dict) -> None:

@@ -172,7 +172,8 @@ class RidgeProbe:
     self.y_train = np.asarray(y_train, np.int32)
     self.y_test = np.asarray(y_test, np.int32)
     self.num_classes = int(num_classes)
-    self.mesh = mesh if mesh is not None else Mesh(np.array(jax.devices()), ("data",))
+    # Default: this process's devices (every process holds the full features; see evaluate.py).
+    self.mesh = mesh if mesh is not None else Mesh(np.array(jax.local_devices()), ("data",))
     x_test = np.asarray(x_test, np.float32)
     self.n_test = len(x_test)
     n_dev = self.mesh.devices.size

@@ -25,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import os
 import threading
+from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -473,10 +474,9 @@ def availability(name: str, data_dir: str | None = None) -> str:
     if base == "fashion_mnist" and not embedded.fashion_mnist_available(data_dir=data_dir):
       return "missing (apt-get install dataset-fashion-mnist)"
     return "embedded"
-  try:
-    prepared = tfds.builder(name, data_dir=data_dir).is_prepared()
-  except Exception:  # unknown to tfds and absent from data_dir
-    prepared = False
+  # Look for prepared files only: tfds.builder() on a missing dataset would create folders in data_dir.
+  pattern = f"{base}/**/{version}/dataset_info.json" if version else f"{base}/**/dataset_info.json"
+  prepared = any(Path(data_dir).glob(pattern))
   return "prepared" if prepared else "not prepared"
 
 

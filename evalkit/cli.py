@@ -1,0 +1,144 @@
+"""The `evalkit` command (absl flags): `evalkit <command> [--flags]`.
+
+Commands:
+  eval         evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task
+  tasks        list task specs and whether their data is available
+  checkpoints  list checkpoint cards and whether their files exist
+  demo         end-to-end run on the embedded data (see evalkit/demo.py)
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+FLAGS = flags.FLAGS
+
+# What to evaluate.
+flags.DEFINE_string("checkpoint", None, "Checkpoint card name, path to a .npz / evalkit orbax checkpoint, or `pixels`.")
+flags.DEFINE_string("name", None, "Name of the checkpoint in results (default: card name or file name).")
+flags.DEFINE_list("tasks", ["digits"], "Comma-separated task names (see `evalkit tasks`) or paths to .toml specs.")
+flags.DEFINE_multi_string("tasks_dir", [], "Extra directories of task specs (out-of-tree tasks).")
+flags.DEFINE_multi_string("cards_dir", [], "Extra directories of checkpoint cards.")
+# Model settings when --checkpoint is a path without metadata (big_vision field names).
+flags.DEFINE_string("variant", None, "ViT variant, e.g. `B/16`, `mu/7`.")
+flags.DEFINE_string("pool_type", None, "gap | map | tok | 0 | none")
+flags.DEFINE_string("posemb", None, "learn | sincos2d")
+flags.DEFINE_integer("rep_size", None, "Size of the pre_logits layer (0: none).")
+# Where things are.
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
+flags.DEFINE_string("results_dir", "results", "Where result JSON files go: <results_dir>/<checkpoint>/<task>.json.")
+flags.DEFINE_string("cache_dir", "~/.cache/evalkit/features", "Feature cache directory ('' disables the cache).")
+# How.
+flags.DEFINE_integer("batch_size", 256, "Global batch size for feature extraction (results do not depend on it).")
+flags.DEFINE_string("representation", "pre_logits", "Model output used as features: pre_logits, head_input, "
+                    "encoded, blockN (token outputs are averaged).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of feature extraction.")
+flags.DEFINE_bool("loo", True, "Also choose λ by leave-one-out on the k-shot set (reported beside λ=1024).")
+flags.DEFINE_bool("overwrite", False, "Recompute results that already exist.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+# Multi-host (jax.distributed).
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed_auto", False, "Call jax.distributed.initialize() with JAX's cluster auto-detection.")
+
+
+class UsageError(Exception):
+  pass
+
+
+def _user_errors():
+  """Exceptions that mean bad input: reported as one line, exit status 1 (no traceback)."""
+  from evalkit import cards, checkpoints, tasks
+  from evalkit.data import source
+  return (tasks.TaskError, cards.CardError, checkpoints.CheckpointError, source.DatasetNotPrepared,
+          source.DatasetUnreadable)
+
+
+def _model_kwargs() -> dict:
+  kw = {}
+  if FLAGS.variant:
+    kw["variant"] = FLAGS.variant
+  if FLAGS.pool_type:
+    kw["pool_type"] = FLAGS.pool_type
+  if FLAGS.posemb:
+    kw["posemb"] = FLAGS.posemb
+  if FLAGS.rep_size is not None:
+    kw["rep_size"] = FLAGS.rep_size or False
+  return kw
+
+
+def cmd_eval() -> int:
+  import os
+  from evalkit import distributed, evaluate, tasks
+  if not FLAGS.checkpoint:
+    raise UsageError("--checkpoint is required (a card name, a path, or `pixels`)")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
+  task_list = [tasks.load_task(t, FLAGS.tasks_dir) for t in FLAGS.tasks]  # unknown tasks fail before any work
+  subject = evaluate.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_kwargs=_model_kwargs(),
+                                     cards_dirs=FLAGS.cards_dir)
+  settings = evaluate.EvalSettings(
+      data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
+      cache_dir=os.path.expanduser(FLAGS.cache_dir) if FLAGS.cache_dir else None, batch_size=FLAGS.batch_size,
+      representation=FLAGS.representation, dtype=FLAGS.dtype, loo=FLAGS.loo, overwrite=FLAGS.overwrite,
+      progress=FLAGS.progress)
+  rows = evaluate.run(subject, task_list, settings, distributed.data_mesh())
+  failed = 0
+  for task, status, detail in rows:
+    if status == "error":
+      failed += 1
+      print(f"evalkit: error: {task}: {detail}", file=sys.stderr)
+    else:
+      print(f"{subject.name} / {task}: {status}: {detail}")
+  return 1 if failed else 0
+
+
+def cmd_tasks() -> int:
+  from evalkit import tasks
+  from evalkit.data import source
+  for name, task in sorted(tasks.registry(FLAGS.tasks_dir).items()):
+    print(f"{name:24s} {task.protocol:14s} {source.availability(task.dataset, FLAGS.data_dir):28s} {task.description}")
+  return 0
+
+
+def cmd_checkpoints() -> int:
+  from evalkit import cards
+  for card in cards.list_cards(FLAGS.cards_dir):
+    state = "available" if card.available() else "missing file"
+    print(f"{card.name:24s} {state:13s} {card.resolved_path()}  {card.description}")
+  return 0
+
+
+def cmd_demo() -> int:
+  from evalkit import demo
+  return demo.main(results_dir=FLAGS.results_dir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+
+
+COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "demo": cmd_demo}
+
+
+def main(argv: list[str]) -> int:
+  absl_logging.set_verbosity(absl_logging.WARNING)  # quiet tfds/jax chatter
+  logging.getLogger("evalkit").setLevel(logging.INFO)  # our progress and throughput lines
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit --helpfull lists flags)", file=sys.stderr)
+    return 2
+  try:
+    return COMMANDS[argv[1]]()
+  except UsageError as e:
+    print(f"evalkit: usage error: {e}", file=sys.stderr)
+    return 2
+  except _user_errors() as e:
+    print(f"evalkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,82 @@
+"""Result records: one JSON file per (checkpoint, task), written atomically, with full provenance.
+
+Schema `evalkit.result/1` (documented in README.md, "Result files"):
+  schema, checkpoint{name, path, format, weights_hash, model, featurizer}, task{name, spec_hash, spec, dataset},
+  protocol, headline{metric, value}, metrics{<k>shot: {per_seed, mean, std, loo{per_seed, mean, std, l2_reg}}},
+  episodes[{shots, seed, l2_reg, accuracy, loo_l2_reg, loo_accuracy, loo_errors}], loo_l2_grid, data{...},
+  manifest (file name of the episode manifest), provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
+Accuracies are fractions in [0, 1]; published anchors (percent) are converted when compared.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import evalkit
+from evalkit import fileio
+
+SCHEMA = "evalkit.result/1"
+
+
+def _safe(name: str) -> str:
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
+
+
+def result_path(results_dir: str | os.PathLike, checkpoint_name: str, task_name: str) -> Path:
+  return Path(results_dir) / _safe(checkpoint_name) / f"{_safe(task_name)}.json"
+
+
+def manifest_path(result_file: Path) -> Path:
+  return result_file.with_name(result_file.stem + ".episodes.json")
+
+
+def write(path: Path, record: dict, manifest: dict | None = None) -> None:
+  """Manifest first, then the result: a result file on disk always comes with its complete manifest."""
+  if manifest is not None:
+    fileio.atomic_write_json(manifest_path(path), manifest)
+    record = {**record, "manifest": manifest_path(path).name}
+  fileio.atomic_write_json(path, record)
+
+
+def load(path: str | os.PathLike) -> dict:
+  with open(path) as f:
+    record = json.load(f)
+  if record.get("schema") != SCHEMA:
+    raise ValueError(f"{path}: not an evalkit result (schema {record.get('schema')!r}, expected {SCHEMA!r})")
+  return record
+
+
+def load_all(results_dir: str | os.PathLike) -> list[dict]:
+  return [load(p) for p in sorted(Path(results_dir).glob("*/*.json")) if not p.name.endswith(".episodes.json")]
+
+
+def _git_sha() -> str | None:
+  repo = Path(evalkit.__file__).resolve().parents[1]
+  try:
+    out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+  except (OSError, subprocess.TimeoutExpired):
+    return None
+  return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance() -> dict:
+  import flax
+  import jax
+  devices = jax.devices()
+  return {
+      "evalkit": evalkit.__version__,
+      "git_sha": _git_sha(),
+      "jax": jax.__version__,
+      "flax": flax.__version__,
+      "python": platform.python_version(),
+      "backend": jax.default_backend(),
+      "device_kind": devices[0].device_kind,
+      "device_count": len(devices),
+      "process_count": jax.process_count(),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+  }

@@ -1,0 +1,148 @@
+"""`evalkit eval` end to end on the embedded digits, as a user runs it (subprocesses, exit codes, files)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from evalkit import checkpoints, distributed, features, fewshot, results
+from evalkit.data import pp, source
+from evalkit.models import vit
+
+MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
+
+
+def run_cli(*args, env_extra=None, timeout=600):
+  env = {**os.environ, **(env_extra or {})}
+  return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True, text=True, env=env,
+                        timeout=timeout)
+
+
+def error_lines(proc):
+  return [line for line in proc.stderr.splitlines() if line.startswith("evalkit: error")]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+  """A mu/7 ViT with a 10-class head, saved as a big_vision-style npz (the head is ignored for features)."""
+  model = vit.ViT(num_classes=10, variant="mu/7", pool_type="map")
+  params = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 3)))["params"]
+  path = tmp_path_factory.mktemp("ckpt") / "mu7.npz"
+  checkpoints.save_npz(path, params)
+  return path
+
+
+@pytest.fixture(scope="module")
+def digits_run(ckpt, data_dir, tmp_path_factory):
+  out = tmp_path_factory.mktemp("run")
+  common = [f"--checkpoint={ckpt}", *MODEL_FLAGS, "--tasks=digits", f"--data_dir={data_dir}",
+            f"--results_dir={out / 'results'}", f"--cache_dir={out / 'cache'}", "--noprogress"]
+  first = run_cli("eval", *common)
+  return {"out": out, "common": common, "first": first}
+
+
+def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_dir):
+  proc = digits_run["first"]
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  path = digits_run["out"] / "results" / "mu7" / "digits.json"
+  rec = results.load(path)
+  model = vit.ViT(num_classes=None, variant="mu/7", pool_type="map")
+  loaded = checkpoints.load_checkpoint(ckpt, model=model, image_size=(28, 28), dont_load=("head/.*",))
+  assert rec["checkpoint"]["weights_hash"] == loaded.weights_hash
+  assert rec["task"]["name"] == "digits" and len(rec["task"]["spec_hash"]) == 16
+  assert rec["data"] == {"image_size": [28, 28], "num_classes": 10, "n_train": 1297, "n_test": 500,
+                         "feature_dim": 32}
+  assert rec["provenance"]["jax"] == jax.__version__ and rec["provenance"]["device_count"] == 8
+
+  # The same numbers straight from the Python API.
+  preprocess = pp.parse("decode|resize(28)|value_range(-1, 1)")
+  featurizer = features.model_featurizer(model, loaded.params, weights_hash=loaded.weights_hash)
+  f = {s: features.extract(featurizer, source.open_split("digits", s, data_dir), preprocess,
+                           mesh=distributed.data_mesh(), progress=False) for s in ("train", "test")}
+  direct = fewshot.ridge_fewshot(f["train"].x, f["train"].labels, f["test"].x, f["test"].labels, num_classes=10)
+  for k in (1, 5, 10, 25):
+    for seed in (0, 1, 2):
+      assert rec["metrics"][f"{k}shot"]["per_seed"][str(seed)] == direct[(k, seed)]
+  assert rec["headline"] == {"metric": "10shot", "value": rec["metrics"]["10shot"]["mean"]}
+  for ep in rec["episodes"]:
+    assert ep["loo_l2_reg"] in rec["loo_l2_grid"] and len(ep["loo_errors"]) == len(rec["loo_l2_grid"])
+
+  manifest = json.loads(results.manifest_path(path).read_text())
+  ten = manifest["episodes"]["10shot/seed0"]
+  assert len(ten) == 100 and len(set(ten)) == 100 and all(0 <= i < 1297 for i in ten)
+  assert manifest["episodes"]["5shot/seed0"] == [i for c in range(10) for i in ten[10 * c: 10 * c + 5]]  # nested
+
+
+def test_finished_results_are_skipped_and_cache_is_used(digits_run):
+  assert digits_run["first"].returncode == 0
+  again = run_cli("eval", *digits_run["common"])
+  assert again.returncode == 0 and "skipped" in again.stdout
+  path = digits_run["out"] / "results" / "mu7" / "digits.json"
+  before = results.load(path)
+  redo = run_cli("eval", *digits_run["common"], "--overwrite")
+  assert redo.returncode == 0, redo.stderr[-2000:]
+  after = results.load(path)
+  assert after["timings"]["features_train_cached"] and after["timings"]["features_test_cached"]
+  assert not before["timings"]["features_train_cached"]
+  assert after["metrics"] == before["metrics"]
+
+
+@pytest.mark.parametrize("case", ["unknown_task", "missing_dataset", "truncated_checkpoint", "wrong_pool_type"])
+def test_bad_input_gives_one_line_error_and_no_result(case, ckpt, data_dir, tmp_path):
+  flags = {"checkpoint": str(ckpt), "variant": "mu/7", "pool_type": "map", "tasks": "digits", "data_dir": data_dir,
+           "results_dir": str(tmp_path / "results"), "cache_dir": ""}
+  if case == "unknown_task":
+    flags["tasks"], expect = "no_such_task", "unknown task 'no_such_task'"
+  elif case == "missing_dataset":
+    flags.update(tasks="cifar100", data_dir=str(tmp_path / "empty_tfds"))
+    expect = "'cifar100' is not prepared"
+  elif case == "truncated_checkpoint":
+    bad = tmp_path / "truncated.npz"
+    bad.write_bytes(Path(ckpt).read_bytes()[:2000])
+    flags["checkpoint"], expect = str(bad), "truncated.npz"
+  else:  # the checkpoint has a MAP head; a gap model has no place for it
+    flags["pool_type"], expect = "gap", "unexpected [MAPHead_0"
+  proc = run_cli("eval", *(f"--{k}={v}" for k, v in flags.items()), "--noprogress")
+  assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+  lines = error_lines(proc)
+  assert len(lines) == 1 and expect in lines[0], proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  assert not list(tmp_path.glob("results/**/*.json"))
+
+
+def test_usage_error_exit_code():
+  assert run_cli("frobnicate").returncode == 2
+  assert run_cli("eval").returncode == 2  # --checkpoint missing
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_dir, tmp_path):
+  assert digits_run["first"].returncode == 0
+  single = results.load(digits_run["out"] / "results" / "mu7" / "digits.json")
+  port = _free_port()
+  args = [f"--checkpoint={ckpt}", *MODEL_FLAGS, "--tasks=digits", f"--data_dir={data_dir}",
+          f"--results_dir={tmp_path / 'results'}", "--cache_dir=", "--noprogress",
+          f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen([sys.executable, "-m", "evalkit.cli", "eval", *args, f"--process_id={i}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  multi = results.load(tmp_path / "results" / "mu7" / "digits.json")
+  assert multi["provenance"]["process_count"] == 2 and multi["provenance"]["device_count"] == 4
+  assert multi["metrics"] == single["metrics"]
+  assert multi["checkpoint"]["weights_hash"] == single["checkpoint"]["weights_hash"]
