@@ -38,7 +38,7 @@ CARDS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 FORMATS = ("npz", "orbax")
 _REQUIRED = ("name", "format", "path", "model", "resolution")
 _OPTIONAL = ("description", "source", "finetune_resolution", "dont_load",
-             "published", "notes")
+             "published", "notes", "training")
 
 
 class CardError(Exception):
@@ -63,6 +63,8 @@ class Card:
     published: published numbers, "<task>/<metric>" -> value.
     finetune_resolution: resolution the published fine-tune numbers used.
     notes: free text (caveats, assumptions).
+    training: for checkpoints evalkit trained: step, examples_seen,
+      train_flops, upstream dataset/split, config (see evalkit/pretrain.py).
     card_path: the TOML file this card was read from.
   """
   name: str
@@ -76,6 +78,7 @@ class Card:
   published: dict[str, float] = dataclasses.field(default_factory=dict)
   finetune_resolution: int | None = None
   notes: str = ""
+  training: dict[str, Any] = dataclasses.field(default_factory=dict)
   card_path: Path | None = None
 
   def model(self, num_classes: int | None = None) -> vit.VisionTransformer:
@@ -171,7 +174,8 @@ def parse_card(card_path: str | os.PathLike) -> Card:
       dont_load=tuple(data.get("dont_load", ())),
       published={k: float(v) for k, v in data.get("published", {}).items()},
       finetune_resolution=data.get("finetune_resolution"),
-      notes=data.get("notes", ""), card_path=card_path.resolve())
+      notes=data.get("notes", ""), training=dict(data.get("training", {})),
+      card_path=card_path.resolve())
   try:  # Build the model once so a bad [model] table fails here, not later.
     card.model()
   except (ValueError, TypeError) as e:

@@ -4,6 +4,7 @@ Commands:
   eval         evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task
   tasks        list task specs and whether their data is available
   checkpoints  list checkpoint cards and whether their files exist
+  pretrain     pre-train a ViT with the paper's recipe; writes checkpoints with cards
   demo         end-to-end run on the embedded data (see evalkit/demo.py)
 """
 from __future__ import annotations
@@ -39,6 +40,11 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of
 flags.DEFINE_bool("loo", True, "Also choose λ by leave-one-out on the k-shot set (reported beside λ=1024).")
 flags.DEFINE_bool("overwrite", False, "Recompute results that already exist.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
+# Pre-training.
+flags.DEFINE_string("config", None, "Pre-training config: a name (demo, digits_tiny) or a path to a .toml file.")
+flags.DEFINE_string("workdir", None, "Pre-training working directory (state, checkpoints, cards); reruns resume.")
+flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear cooldown (overrides the config).")
+flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
 # Multi-host (jax.distributed).
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -52,10 +58,10 @@ class UsageError(Exception):
 
 def _user_errors():
   """Exceptions that mean bad input: reported as one line, exit status 1 (no traceback)."""
-  from evalkit import cards, checkpoints, tasks
+  from evalkit import cards, checkpoints, pretrain, tasks
   from evalkit.data import source
   return (tasks.TaskError, cards.CardError, checkpoints.CheckpointError, source.DatasetNotPrepared,
-          source.DatasetUnreadable)
+          source.DatasetUnreadable, pretrain.TrainingDiverged)
 
 
 def _model_kwargs() -> dict:
@@ -112,12 +118,33 @@ def cmd_checkpoints() -> int:
   return 0
 
 
+def cmd_pretrain() -> int:
+  from evalkit import distributed, pretrain, pretrain_configs
+  if not FLAGS.config or not FLAGS.workdir:
+    raise UsageError("--config and --workdir are required")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
+  overrides = {}
+  if FLAGS.cooldown_at is not None:
+    overrides["cooldown_at"] = [int(s) for s in FLAGS.cooldown_at]
+  if FLAGS.total_steps is not None:
+    overrides["total_steps"] = FLAGS.total_steps
+  try:
+    config = pretrain_configs.load(FLAGS.config, overrides)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  run = pretrain.build_run(config, FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+  for name, path in pretrain.train(run).items():
+    print(f"{name}: {path}  (card: {path}.toml)")
+  return 0
+
+
 def cmd_demo() -> int:
   from evalkit import demo
   return demo.main(results_dir=FLAGS.results_dir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
 
 
-COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "demo": cmd_demo}
+COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "pretrain": cmd_pretrain,
+            "demo": cmd_demo}
 
 
 def main(argv: list[str]) -> int:

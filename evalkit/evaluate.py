@@ -61,10 +61,12 @@ class Subject:
 
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,
                     cards_dirs: list[str] | None = None) -> Subject:
-  """`pixels`, a checkpoint card name, or a path (.npz / orbax dir) with model settings from flags or its metadata."""
+  """`pixels`, a card (name or .toml path), or a checkpoint path (.npz / orbax dir) with model settings from flags
+  or from its own metadata."""
   if checkpoint == PIXELS:
     return Subject(name=name or PIXELS)
-  if not Path(checkpoint).exists() and "/" not in checkpoint and not checkpoint.endswith(".npz"):
+  is_card_name = not Path(checkpoint).exists() and "/" not in checkpoint and not checkpoint.endswith(".npz")
+  if is_card_name or checkpoint.endswith(".toml"):
     card = cards.load_card(checkpoint, cards_dirs)
     dont_load = tuple(card.dont_load) if card.dont_load else ("head/.*",)
     return Subject(name=name or card.name, path=str(card.resolved_path()), model=card.model(), dont_load=dont_load,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import functools
 import os
 import threading
 from pathlib import Path
@@ -254,6 +255,13 @@ def _ordered_batches(batches: Iterator[list[Callable[[], dict]]],
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+def example_rng(seed: int | tuple[int, ...] | None, example_id) -> np.random.Generator | None:
+  """The random stream of one example: from (seed..., id); `seed` may be a tuple, e.g. (seed, step) in training."""
+  if seed is None:
+    return None
+  return np.random.default_rng([*np.atleast_1d(seed).tolist(), int(example_id)])
+
+
 def default_num_threads() -> int:
   return min(16, os.cpu_count() or 1)
 
@@ -350,8 +358,7 @@ class SplitReader:
         if preprocess is not None:
           # Per-example RNG from (seed, id): random pp is reproducible and
           # independent of threads, batch size and host count.
-          rng = (np.random.default_rng([seed, int(example_id)])
-                 if seed is not None else None)
+          rng = example_rng(seed, example_id)
           example = preprocess(example, rng)
         example["id"] = np.int64(example_id)
         outs.append(example)
@@ -407,6 +414,28 @@ class SplitReader:
       jobs = (self._batch_jobs(c, [next(stream) for _ in c], preprocess, seed,
                                num_threads)
               for c in chunks)
+    yield from _ordered_batches(jobs, num_threads,
+                                2 if prefetch is None else prefetch)
+
+  def iter_id_batches(self, id_batches: Iterable[tuple[np.ndarray, Any]],
+                      preprocess: pp_lib.Preprocess | str | None = None, *,
+                      num_threads: int | None = None, prefetch: int | None = None
+                      ) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of given absolute ids, e.g. shuffled training batches.
+
+    `id_batches` yields (ids, seed) pairs; example i of a batch uses
+    `example_rng(seed, i)`. Needs random access (array_record).
+    """
+    if not self._backend.random_access:
+      raise DatasetUnreadable(
+          f"Dataset {self.name!r} is stored as tfrecord; reading shuffled "
+          "batches needs random access: re-prepare it with "
+          "`tfds build ... --file_format=array_record`")
+    if isinstance(preprocess, str):
+      preprocess = pp_lib.parse(preprocess)
+    num_threads = max(1, num_threads or default_num_threads())
+    jobs = (self._batch_jobs(np.asarray(ids), None, preprocess, seed, num_threads)
+            for ids, seed in id_batches)
     yield from _ordered_batches(jobs, num_threads,
                                 2 if prefetch is None else prefetch)
 
@@ -486,12 +515,14 @@ class ArrayReader:
   Rows are sharded over processes exactly like SplitReader; ids are row indices.
   """
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, num_classes: int | None = None,
-               process_index: int = 0, process_count: int = 1):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, example_ids: np.ndarray | None = None,
+               num_classes: int | None = None, process_index: int = 0, process_count: int = 1):
     self.images, self.labels = images, np.asarray(labels)
+    # Absolute ids of the rows (ascending), e.g. those of the split the arrays were read from.
+    self.example_ids = np.arange(len(images), dtype=np.int64) if example_ids is None else np.asarray(example_ids)
     self.num_classes = num_classes if num_classes is not None else int(self.labels.max()) + 1
     self.process_index, self.process_count = process_index, process_count
-    self.global_start, self.global_stop = 0, len(images)
+    self.global_start, self.global_stop = int(self.example_ids[0]), int(self.example_ids[-1]) + 1
 
   @property
   def shard_sizes(self) -> list[int]:
@@ -500,22 +531,40 @@ class ArrayReader:
 
   @property
   def ids(self) -> np.ndarray:
-    return np.arange(*shard_bounds(0, len(self.images), self.process_index, self.process_count), dtype=np.int64)
+    return self.example_ids[slice(*shard_bounds(0, len(self.images), self.process_index, self.process_count))]
 
   def __len__(self) -> int:
     return len(self.ids)
 
   def read_labels(self) -> np.ndarray:
-    return self.labels[self.ids]
+    return self.labels[self._rows(self.ids)]
+
+  def _rows(self, ids: np.ndarray) -> np.ndarray:
+    return np.searchsorted(self.example_ids, ids)
+
+  def _batch(self, ids: np.ndarray, preprocess, seed) -> dict[str, np.ndarray]:
+    examples = [{"image": self.images[r], "label": self.labels[r]} for r in self._rows(ids)]
+    if preprocess is not None:
+      examples = [preprocess(e, example_rng(seed, i)) for e, i in zip(examples, ids)]
+    return {**_stack(examples), "id": np.asarray(ids, np.int64)}
 
   def iter_batches(self, batch_size: int, preprocess: pp_lib.Preprocess | str | None = None,
                    **unused_kw) -> Iterator[dict[str, np.ndarray]]:
-    if isinstance(preprocess, str):
-      preprocess = pp_lib.parse(preprocess)
+    preprocess = pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
     ids = self.ids
     for i in range(0, len(ids), batch_size):
-      chunk = ids[i:i + batch_size]
-      examples = [{"image": self.images[j], "label": self.labels[j]} for j in chunk]
-      if preprocess is not None:
-        examples = [preprocess(e) for e in examples]
-      yield {**_stack(examples), "id": chunk}
+      yield self._batch(ids[i:i + batch_size], preprocess, None)
+
+  def iter_id_batches(self, id_batches, preprocess: pp_lib.Preprocess | str | None = None, *,
+                      prefetch: int = 2, **unused_kw) -> Iterator[dict[str, np.ndarray]]:
+    """Like SplitReader.iter_id_batches; batches are prepared ahead in a background thread."""
+    preprocess = pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
+    jobs = ([functools.partial(self._batch, np.asarray(ids), preprocess, seed)] for ids, seed in id_batches)
+    yield from _ordered_batches(jobs, 1, prefetch)
+
+
+def load_into_memory(reader: SplitReader, pp_spec: str = "decode", batch_size: int = 1024) -> ArrayReader:
+  """The whole split, decoded once into host memory (small upstream sets: no per-epoch PNG/JPEG decoding)."""
+  parts = list(reader.iter_batches(batch_size, pp_spec))
+  return ArrayReader(np.concatenate([p["image"] for p in parts]), np.concatenate([p["label"] for p in parts]),
+                     example_ids=np.concatenate([p["id"] for p in parts]), num_classes=reader.num_classes)
