@@ -13,12 +13,11 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bench_features import matmul_gflops
-from evalkit import distributed, flops, optim, pretrain, pretrain_configs
+from evalkit import distributed, flops, optim, pretrain, pretrain_configs, training
 from evalkit.models import vit
 
 
@@ -28,13 +27,12 @@ def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10):
   mesh = distributed.data_mesh()
   params = pretrain.init_params(model, image_size, 0, -10.0)
   tx, _ = optim.make(cfg.to_dict(), params, 10_000)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  state = jax.device_put(state, NamedSharding(mesh, P()))
+  state = jax.device_put(training.init_state(params, tx), NamedSharding(mesh, P()))
   rng = np.random.default_rng(0)
   put = lambda a: jax.device_put(a, NamedSharding(mesh, P(distributed.DATA_AXIS)))
   images = put(rng.uniform(-1, 1, (batch, *image_size, 3)).astype(np.float32))
   labels = put(rng.integers(0, num_classes, batch))
-  step_fn = pretrain.make_train_step(model, tx, num_classes, mesh)
+  step_fn = training.make_train_step(model, tx, mesh, loss=training.sigmoid_xent, num_classes=num_classes)
   cost = step_fn.lower(state, images, labels).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   state, m = step_fn(state, images, labels)

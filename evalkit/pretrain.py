@@ -4,9 +4,8 @@ Recipe (DESIGN.md §7, "Scaling Vision Transformers"): sigmoid cross-entropy ove
 become one-hot), MAP head with a zero kernel and bias −10, big_vision's optimizer chain (`evalkit.optim`), rsqrt
 schedule with warmup and cooldown, and cooldown *branches*: one long run yields models of several training lengths.
 
-Determinism: the input stream is a function of (seed, step) alone — epoch e is `default_rng([seed, e]).permutation`
-of the split, and example i of step t is augmented with `default_rng([seed, t, i])` — so a run killed at any point
-and resumed from its last checkpoint ends with bit-identical parameters on CPU.
+The loop, input stream and resume logic are shared with fine-tuning (`evalkit.training`): a run killed at any
+point and rerun ends with bit-identical parameters on CPU.
 
 Workdir layout:
   config.toml                 the resolved config
@@ -17,32 +16,20 @@ Workdir layout:
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 import tomli_w
-from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
-from tqdm import tqdm
 
-from evalkit import checkpoints, distributed, fileio, flops, optim
+from evalkit import checkpoints, distributed, fileio, flops, optim, training
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
 
-log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(Exception):
-  """The loss became NaN/inf; the message (one line) names the step and the last good checkpoint."""
+TrainingDiverged = training.TrainingDiverged  # re-exported: the pretrain command's NaN error
 
 
 @dataclasses.dataclass
@@ -86,43 +73,7 @@ class PretrainConfig:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Input stream: a pure function of (seed, step).
-
-
-class TrainStream:
-  """Shuffled, repeated ids of a split; `global_ids(step)` is the step's whole batch, in order."""
-
-  def __init__(self, ids: np.ndarray, batch_size: int, seed: int):
-    self.ids, self.batch_size, self.seed = np.asarray(ids), batch_size, seed
-    self._perms: dict[int, np.ndarray] = {}
-
-  def _perm(self, epoch: int) -> np.ndarray:
-    if epoch not in self._perms:
-      self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}  # keep memory flat
-      self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self.ids))
-    return self._perms[epoch]
-
-  def global_ids(self, step: int) -> np.ndarray:
-    positions = np.arange(step * self.batch_size, (step + 1) * self.batch_size)
-    epochs, offsets = np.divmod(positions, len(self.ids))
-    return np.array([self.ids[self._perm(int(e))[o]] for e, o in zip(epochs, offsets)])
-
-  def local_batches(self, first_step: int, last_step: int):
-    """(ids, seed) of this process's part of every step's batch in [first_step, last_step)."""
-    p, n = jax.process_index(), jax.process_count()
-    local = self.batch_size // n
-    for step in range(first_step, last_step):
-      yield self.global_ids(step)[p * local:(p + 1) * local], (self.seed, step)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Model, loss, train step.
-
-
-def sigmoid_xent(logits, labels):
-  """Mean over the batch of the per-example sum over classes of the sigmoid cross-entropy (big_vision's)."""
-  nll = -jnp.sum(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits), axis=-1)
-  return jnp.mean(nll)
+# Model and the run.
 
 
 def init_params(model, image_size, seed: int, head_bias_init: float):
@@ -131,32 +82,6 @@ def init_params(model, image_size, seed: int, head_bias_init: float):
     # Bias −10: every class starts at p ≈ 4.5e-5, as fits a sigmoid loss over many mostly-negative labels.
     params = {**params, "head": {**params["head"], "bias": jnp.full_like(params["head"]["bias"], head_bias_init)}}
   return params
-
-
-def make_train_step(model, tx: optax.GradientTransformation, num_classes: int, mesh) -> Callable:
-  """jit step over the mesh: batch sharded along `data`, state replicated; XLA inserts the gradient all-reduce."""
-
-  def loss_fn(params, images, labels, step):
-    rngs = {"dropout": jax.random.fold_in(jax.random.key(0), step)}
-    logits, _ = model.apply({"params": params}, images, train=True, rngs=rngs)
-    return sigmoid_xent(logits, labels)
-
-  def train_step(state, images, labels):
-    labels = labels if labels.ndim == 2 else jax.nn.one_hot(labels, num_classes)  # single-label -> one-hot
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"], images, labels, state["step"])
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
-                 "opt_state": opt_state}
-    return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
-
-  replicated = NamedSharding(mesh, P())
-  batch = NamedSharding(mesh, P(distributed.DATA_AXIS))
-  return jax.jit(train_step, in_shardings=(replicated, batch, batch), out_shardings=(replicated, replicated),
-                 donate_argnums=(0,))
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The run.
 
 
 @dataclasses.dataclass
@@ -169,7 +94,7 @@ class Run:
   num_classes: int
   reader: Any
   preprocess: pp_lib.Preprocess
-  stream: TrainStream
+  stream: training.TrainStream
   mesh: Any
   progress: bool = True
 
@@ -192,13 +117,8 @@ def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = No
   sample = next(reader.iter_id_batches([(reader.ids[:1], (config.seed, 0))], preprocess))
   image_size = tuple(int(s) for s in sample["image"].shape[1:3])
   model = vit.ViT(num_classes=reader.num_classes, **config.model)
-  stream = TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
+  stream = training.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
   return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress)
-
-
-def _save_state(manager: ocp.CheckpointManager, state) -> None:
-  manager.save(int(state["step"]), args=ocp.args.StandardSave(state))
-  manager.wait_until_finished()
 
 
 def _export(run: Run, params, step: int, name: str, extra: dict | None = None) -> Path:
@@ -241,23 +161,19 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   fileio.atomic_write(run.workdir / "config.toml", lambda f: f.write(config_toml))
   params = init_params(run.model, run.image_size, cfg.seed, cfg.head_bias_init)
   tx, schedule = optim.make(cfg.to_dict(), params, cfg.total_steps)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-  manager = ocp.CheckpointManager((run.workdir / "state").resolve(),
-                                  options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-  if manager.latest_step() is not None:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore(abstract))
-    log.info("resumed %s at step %d", run.workdir, int(state["step"]))
-  state = multihost_utils.host_local_array_to_global_array(state, run.mesh, P())
+  manager = training.state_manager(run.workdir / "state")
+  state = training.restore_latest(manager, training.init_state(params, tx), run.mesh)
 
   end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
   branch_steps = sorted({int(s) for s in cfg.cooldown_at if 0 < int(s) <= cfg.total_steps})
   save_steps = set(range(cfg.checkpoint_every, cfg.total_steps + 1, cfg.checkpoint_every))
   save_steps |= {cfg.total_steps, end, *branch_steps}
-  step_fn = make_train_step(run.model, tx, run.num_classes, run.mesh)
+  step_fn = _train_step(run, tx)
+  export_step = lambda st, step: _export(run, st["params"], step, f"step_{step}")
   exported = {}
   for segment_end in [*(b for b in branch_steps if b < cfg.total_steps), cfg.total_steps]:
-    state = _loop(run, state, step_fn, schedule, min(segment_end, end), save_steps, manager, label="pretrain")
+    state = _loop(run, state, step_fn, schedule, min(segment_end, end), manager=manager, save_steps=save_steps,
+                  on_save=export_step, label="pretrain")
     if int(state["step"]) < segment_end:
       break  # stopped early
     if segment_end in branch_steps:
@@ -265,44 +181,6 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   if int(state["step"]) == cfg.total_steps:
     exported["final"] = run.workdir / "checkpoints" / f"step_{cfg.total_steps}"
   return exported
-
-
-def _loop(run: Run, state, step_fn, schedule, end: int, save_steps: set, manager, *, label: str):
-  """Runs steps from state's step to `end`; checks the loss, saves state and exports at `save_steps`."""
-  cfg = run.config
-  first = int(state["step"])
-  if first >= end:
-    return state
-  batches = run.reader.iter_id_batches(run.stream.local_batches(first, end), run.preprocess)
-  bar = tqdm(total=end - first, desc=label, unit="step", disable=not run.progress or jax.process_index() != 0)
-  t0, last_good = time.perf_counter(), manager.latest_step() if manager else None
-  metrics = None
-  for step in range(first, end):
-    batch = next(batches)
-    images = multihost_utils.host_local_array_to_global_array(
-        np.asarray(batch["image"], np.float32), run.mesh, P(distributed.DATA_AXIS))
-    labels = multihost_utils.host_local_array_to_global_array(
-        np.asarray(batch.get("labels", batch["label"])), run.mesh, P(distributed.DATA_AXIS))
-    state, metrics = step_fn(state, images, labels)
-    done = step + 1
-    if done % cfg.log_every == 0 or done in save_steps or done == end:
-      loss = float(metrics["loss"])
-      if not math.isfinite(loss):
-        where = f"step {last_good} in {run.workdir / 'state'}" if last_good is not None else "none"
-        raise TrainingDiverged(f"{label}: loss became {loss} at step {done}; last good checkpoint: {where}")
-      seconds = time.perf_counter() - t0
-      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(schedule(done - 1)):.2e}",
-                      ex_s=f"{(done - first) * cfg.batch_size / seconds:.0f}")
-    bar.update(1)
-    if done in save_steps and manager is not None:
-      _save_state(manager, state)
-      last_good = done
-      _export(run, state["params"], done, f"step_{done}")
-  bar.close()
-  seconds = time.perf_counter() - t0
-  log.info("%s: %d steps in %.1f s (%.0f examples/s)", label, end - first, seconds,
-           (end - first) * cfg.batch_size / seconds)
-  return state
 
 
 def _branch(run: Run, main_state, branch_step: int) -> Path:
@@ -315,9 +193,17 @@ def _branch(run: Run, main_state, branch_step: int) -> Path:
   tx, schedule = optim.make(cfg.to_dict(), main_state["params"], cfg.total_steps, branch=(branch_step, cooldown))
   state = jax.tree.map(jnp.copy, main_state)  # the train step donates its input; the main run keeps its own
   end = branch_step + cooldown
-  step_fn = make_train_step(run.model, tx, run.num_classes, run.mesh)
-  state = _loop(run, state, step_fn, schedule, end, set(), None, label=name)
+  state = _loop(run, state, _train_step(run, tx), schedule, end, label=name)
   return _export(run, state["params"], end, name, {"branch_of_step": branch_step, "cooldown_steps": cooldown})
+
+
+def _train_step(run: Run, tx):
+  return training.make_train_step(run.model, tx, run.mesh, loss=training.sigmoid_xent, num_classes=run.num_classes)
+
+
+def _loop(run: Run, state, step_fn, schedule, end: int, **kw):
+  return training.run_loop(state, step_fn, run.reader, run.preprocess, run.stream, end, mesh=run.mesh,
+                           schedule=schedule, log_every=run.config.log_every, progress=run.progress, **kw)
 
 
 def _toml_safe(d):
