@@ -1,4 +1,5 @@
-"""Train-step throughput (pre-training recipe: sigmoid loss, bv_adafactor chain) vs float32 matmul throughput.
+"""Train-step throughput — pre-training (sigmoid loss, bv_adafactor chain) and fine-tuning (softmax loss, SGD momentum
+with a bfloat16 buffer) for the same models — vs float32 matmul throughput.
 
   python bench/bench_train.py [--steps 30]
 
@@ -17,22 +18,27 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bench_features import matmul_gflops
-from evalkit import distributed, flops, optim, pretrain, pretrain_configs, training
+from evalkit import distributed, finetune, flops, optim, pretrain, pretrain_configs, tasks, training
 from evalkit.models import vit
 
 
-def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10):
-  cfg = pretrain_configs.demo()
+def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10, stage="pretrain"):
   model = vit.ViT(num_classes=num_classes, **model_kw)
   mesh = distributed.data_mesh()
   params = pretrain.init_params(model, image_size, 0, -10.0)
-  tx, _ = optim.make(cfg.to_dict(), params, 10_000)
+  if stage == "pretrain":
+    tx, _ = optim.make(pretrain_configs.demo().to_dict(), params, 10_000)
+    loss = training.sigmoid_xent
+  else:
+    task = tasks.load_task("digits_finetune")
+    tx, _ = optim.make(finetune.optimizer_config(task, 0.03), params, 10_000)
+    loss = training.softmax_xent
   state = jax.device_put(training.init_state(params, tx), NamedSharding(mesh, P()))
   rng = np.random.default_rng(0)
   put = lambda a: jax.device_put(a, NamedSharding(mesh, P(distributed.DATA_AXIS)))
   images = put(rng.uniform(-1, 1, (batch, *image_size, 3)).astype(np.float32))
   labels = put(rng.integers(0, num_classes, batch))
-  step_fn = training.make_train_step(model, tx, mesh, loss=training.sigmoid_xent, num_classes=num_classes)
+  step_fn = training.make_train_step(model, tx, mesh, loss=loss, num_classes=num_classes)
   cost = step_fn.lower(state, images, labels).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   state, m = step_fn(state, images, labels)
@@ -44,7 +50,7 @@ def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10):
   seconds = (time.perf_counter() - t) / steps
   xla_gflop = cost["flops"] / 1e9
   formula_gflop = 3 * flops.forward_flops(model, image_size) * batch / 1e9
-  print(f"{name:26s} {batch / seconds:8.1f} ex/s  {xla_gflop / seconds:6.1f} GFLOP/s (XLA count; "
+  print(f"{stage:9s} {name:26s} {batch / seconds:8.1f} ex/s  {xla_gflop / seconds:6.1f} GFLOP/s (XLA count; "
         f"{formula_gflop / seconds:6.1f} by 3×forward) = {xla_gflop / seconds / peak:5.1%} of matmul peak")
 
 
@@ -55,9 +61,10 @@ def main():
   peak = matmul_gflops()
   print(f"devices: {jax.device_count()} × {jax.devices()[0].device_kind}; float32 matmul 2048²: {peak:.1f} GFLOP/s")
   demo_kw = dict(pretrain_configs.DEMO_MODEL)
-  bench("demo model @28, batch 128", demo_kw, (28, 28), 128, args.steps, peak)
-  bench("ViT-Ti/16 @224, batch 32", {"variant": "Ti/16", "pool_type": "map"}, (224, 224), 32,
-        max(3, args.steps // 10), peak, num_classes=1000)
+  for stage in ("pretrain", "finetune"):
+    bench("demo model @28, batch 128", demo_kw, (28, 28), 128, args.steps, peak, stage=stage)
+    bench("ViT-Ti/16 @224, batch 32", {"variant": "Ti/16", "pool_type": "map"}, (224, 224), 32,
+          max(3, args.steps // 10), peak, num_classes=1000, stage=stage)
   print(f"matmul after: {matmul_gflops():.1f} GFLOP/s (drift shows machine noise)")
 
 

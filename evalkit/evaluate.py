@@ -158,7 +158,12 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
   return record, manifest
 
 
-ADAPTERS = {"fewshot_ridge": evaluate_fewshot}
+def _finetune(subject, task, settings, mesh):
+  from evalkit import finetune  # local import: finetune builds on this module's settings
+  return finetune.evaluate_finetune(subject, task, settings, mesh)
+
+
+ADAPTERS = {"fewshot_ridge": evaluate_fewshot, "finetune": _finetune}
 
 
 def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, mesh) -> list[tuple[str, str, str]]:
@@ -177,6 +182,7 @@ def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, m
     if jax.process_index() == 0:
       results.write(path, record, manifest)
     value = record["headline"]["value"]
-    rows.append((task.name, "done", f"{record['headline']['metric']} {100 * value:.2f}% -> {path}"))
+    shown = "no result (every lr diverged)" if value is None else f"{100 * value:.2f}%"
+    rows.append((task.name, "done", f"{record['headline']['metric']} {shown} -> {path}"))
     log.info("%s / %s: %s", subject.name, task.name, rows[-1][2])
   return rows

@@ -27,3 +27,16 @@ def fewshot_markdown(records: list[dict]) -> str:
       cells += [_cell(r["metrics"].get(m) if r else None) for m in cols]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+def finetune_markdown(records: list[dict]) -> str:
+  """Rows: (checkpoint, task); top-1 with its bootstrap 95% CI, the chosen lr and the minival lr curve."""
+  lines = ["| checkpoint | task | top-1 | 95% CI | chosen lr | minival top-1 by lr |", "|---|---|---|---|---|---|"]
+  for r in records:
+    top1 = r["metrics"].get("top1")
+    curve = ", ".join(f"{c['lr']:g}: " + ("diverged" if c["diverged"] else f"{100 * c['minival_top1']:.1f}")
+                      for c in r["lr_curve"])
+    value = f"{100 * top1['value']:.1f}" if top1 else "–"
+    ci = f"{100 * top1['ci95'][0]:.1f}–{100 * top1['ci95'][1]:.1f}" if top1 else "–"
+    lines.append(f"| {r['checkpoint']['name']} | {r['task']['name']} | {value} | {ci} | {r['chosen_lr']} | {curve} |")
+  return "\n".join(lines) + "\n"

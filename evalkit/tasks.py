@@ -13,7 +13,14 @@ from pathlib import Path
 
 from evalkit import fileio
 
-PROTOCOLS = ("fewshot_ridge",)
+PROTOCOLS = ("fewshot_ridge", "finetune")
+# The fields that define each protocol (what a result's spec hash covers besides dataset, splits and pp).
+PROTOCOL_FIELDS = {
+    "fewshot_ridge": ("shots", "seeds", "l2_reg", "headline_shots"),
+    "finetune": ("pp_train", "batch_size", "total_steps", "warmup_steps", "decay_type", "lr_grid", "minival_fraction",
+                 "grad_clip_norm", "momentum_dtype", "polyak_decay", "seed", "cache_images"),
+}
+COMMON_FIELDS = ("name", "dataset", "protocol", "train_split", "test_split", "pp")
 REPO_TASKS_DIR = Path(__file__).resolve().parents[1] / "tasks"
 
 
@@ -34,15 +41,27 @@ class Task:
   seeds: tuple[int, ...] = (0, 1, 2)
   l2_reg: float = 1024.0
   headline_shots: int = 10
+  # Fine-tuning (DESIGN.md §6): SGD momentum 0.9, clip 1.0, no weight decay, warmup then cosine (or constant) decay,
+  # lr chosen on a held-out minival (the last `minival_fraction` of the train split), reported on the test split.
+  pp_train: str = ""
+  batch_size: int = 512
+  total_steps: int = 2500
+  warmup_steps: int = 200
+  decay_type: str = "cosine"
+  lr_grid: tuple[float, ...] = (0.01,)
+  minival_fraction: float = 0.02
+  grad_clip_norm: float = 1.0
+  momentum_dtype: str = "bfloat16"
+  polyak_decay: float | None = None  # EMA of the weights, scored beside the raw weights when set
+  seed: int = 0
+  cache_images: bool = False  # decode the train split into memory once (small datasets)
   anchors: dict = dataclasses.field(default_factory=dict)  # {checkpoint card: {metric: published %}}
   source_file: str = ""
 
   def spec(self) -> dict:
     """The protocol-defining part of the task (what the spec hash covers): no description, anchors or file."""
     d = dataclasses.asdict(self)
-    for k in ("description", "anchors", "source_file"):
-      d.pop(k)
-    return d
+    return {k: d[k] for k in COMMON_FIELDS + PROTOCOL_FIELDS[self.protocol]}
 
   @property
   def spec_hash(self) -> str:
@@ -50,7 +69,7 @@ class Task:
 
   @property
   def headline_metric(self) -> str:
-    return f"{self.headline_shots}shot"
+    return f"{self.headline_shots}shot" if self.protocol == "fewshot_ridge" else "top1"
 
 
 def _parse(path: Path) -> Task:
@@ -71,8 +90,13 @@ def _parse(path: Path) -> Task:
   for key in ("shots", "seeds"):
     if key in raw:
       raw[key] = tuple(int(v) for v in raw[key])
-  if "l2_reg" in raw:
-    raw["l2_reg"] = float(raw["l2_reg"])
+  if "lr_grid" in raw:
+    raw["lr_grid"] = tuple(float(v) for v in raw["lr_grid"])
+  for key in ("l2_reg", "minival_fraction", "grad_clip_norm"):
+    if key in raw:
+      raw[key] = float(raw[key])
+  if raw["protocol"] == "finetune" and not raw.get("pp_train"):
+    raise TaskError(f"task spec {path}: a finetune task needs pp_train (train-time augmentation)")
   return Task(**raw, source_file=str(path))
 
 
