@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from evalkit import cards, checkpoints, distributed, features, fewshot, results, tasks
+from evalkit import cards, checkpoints, distributed, features, fewshot, finetune, results, tasks
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
@@ -158,12 +157,7 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
   return record, manifest
 
 
-def _finetune(subject, task, settings, mesh):
-  from evalkit import finetune  # local import: finetune builds on this module's settings
-  return finetune.evaluate_finetune(subject, task, settings, mesh)
-
-
-ADAPTERS = {"fewshot_ridge": evaluate_fewshot, "finetune": _finetune}
+ADAPTERS = {"fewshot_ridge": evaluate_fewshot, "finetune": finetune.evaluate_finetune}
 
 
 def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, mesh) -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from evalkit import checkpoints, distributed, features, fileio, optim, results, stats, training
+from evalkit import checkpoints, features, optim, results, stats, training
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
