@@ -5,6 +5,10 @@ Commands:
   tasks        list task specs and whether their data is available
   checkpoints  list checkpoint cards and whether their files exist
   pretrain     pre-train a ViT with the paper's recipe; writes checkpoints with cards
+  report       leaderboard of a results directory: Markdown, CSV and a self-contained HTML page (--out)
+  compare A B  paired comparison of checkpoints A and B (paired bootstrap, McNemar) on their common tasks
+  baseline     write a gate baseline (values and their noise) from a results directory
+  gate         non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)
   demo         end-to-end run on the embedded data (see evalkit/demo.py)
 """
 from __future__ import annotations
@@ -45,6 +49,12 @@ flags.DEFINE_string("config", None, "Pre-training config: a name (demo, digits_t
 flags.DEFINE_string("workdir", None, "Pre-training working directory (state, checkpoints, cards); reruns resume.")
 flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear cooldown (overrides the config).")
 flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
+# Regression gate.
+flags.DEFINE_string("baseline", None, "Baseline JSON (written by `evalkit baseline`).")
+flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`).")
+flags.DEFINE_float("tolerance", 0.0, "Gate: absolute tolerance added to the noise margin (accuracy fraction).")
+flags.DEFINE_float("z", 1.645, "Gate: margin in standard errors of the difference (1.645: one-sided 95%).")
+flags.DEFINE_string("summary", None, "Gate: also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")
 # Multi-host (jax.distributed).
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
@@ -138,23 +148,77 @@ def cmd_pretrain() -> int:
   return 0
 
 
+def cmd_report() -> int:
+  from evalkit import leaderboard
+  if not FLAGS.out:
+    raise UsageError("--out (a directory) is required")
+  for kind, path in leaderboard.write(FLAGS.results_dir, FLAGS.out).items():
+    print(f"{kind}: {path}")
+  return 0
+
+
+def cmd_compare(a: str, b: str) -> int:
+  from evalkit import compare
+  try:
+    rows, overall = compare.compare(FLAGS.results_dir, a, b)
+  except compare.CompareError as e:
+    raise UsageError(str(e)) from None
+  print(compare.table(rows, overall, a, b))
+  return 0
+
+
+def cmd_baseline() -> int:
+  from evalkit import fileio, gate
+  if not FLAGS.out:
+    raise UsageError("--out is required")
+  baseline = gate.make_baseline(FLAGS.results_dir)
+  if not baseline["entries"]:
+    raise UsageError(f"no results in {FLAGS.results_dir}")
+  fileio.atomic_write_json(FLAGS.out, baseline)
+  print(f"baseline: {len(baseline['entries'])} metrics -> {FLAGS.out}")
+  return 0
+
+
+def cmd_gate() -> int:
+  import json
+  from pathlib import Path
+  from evalkit import gate
+  if not FLAGS.baseline:
+    raise UsageError("--baseline is required")
+  try:
+    baseline = json.loads(Path(FLAGS.baseline).read_text())
+    checks = gate.run_gate(baseline, FLAGS.results_dir, z=FLAGS.z, tolerance=FLAGS.tolerance)
+  except (OSError, ValueError) as e:
+    raise UsageError(f"baseline {FLAGS.baseline}: {e}") from None
+  summary = gate.markdown(checks)
+  print(summary)
+  if FLAGS.summary:
+    with open(FLAGS.summary, "a") as f:
+      f.write(summary)
+  return gate.exit_code(checks)
+
+
 def cmd_demo() -> int:
   from evalkit import demo
   return demo.main(results_dir=FLAGS.results_dir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
 
 
 COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "pretrain": cmd_pretrain,
+            "report": cmd_report, "compare": cmd_compare, "baseline": cmd_baseline, "gate": cmd_gate,
             "demo": cmd_demo}
+POSITIONAL = {"compare": 2}  # commands that take positional arguments, and how many
 
 
 def main(argv: list[str]) -> int:
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet tfds/jax chatter
   logging.getLogger("evalkit").setLevel(logging.INFO)  # our progress and throughput lines
-  if len(argv) != 2 or argv[1] not in COMMANDS:
-    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit --helpfull lists flags)", file=sys.stderr)
+  command = argv[1] if len(argv) > 1 else None
+  if command not in COMMANDS or len(argv) - 2 != POSITIONAL.get(command, 0):
+    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit compare A B; evalkit --helpfull lists flags)",
+          file=sys.stderr)
     return 2
   try:
-    return COMMANDS[argv[1]]()
+    return COMMANDS[command](*argv[2:])
   except UsageError as e:
     print(f"evalkit: usage error: {e}", file=sys.stderr)
     return 2

@@ -7,8 +7,8 @@
    (a) Fashion-MNIST in-domain: shots from train[50000:], unseen upstream, scored on test (like JFT → ImageNet), and
    (b) digits: far transfer;
 4. fine-tunes both checkpoints on digits with the paper's protocol (SGD momentum, lr chosen on a held-out minival);
-5. writes result JSON files and a Markdown summary, prints the in-domain gap pre-trained − random init, and fails
-   (exit 1) if pre-training did not clearly help in-domain.
+5. writes result JSON files, a Markdown summary and the HTML leaderboard, prints the in-domain gap pre-trained −
+   random init, and fails (exit 1) if pre-training did not clearly help in-domain.
 Without Fashion-MNIST it says how to get it and runs the same on digits alone (upstream train[:800], probe
 train[800:]). Rerunning resumes the pre-training where it stopped.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from evalkit import distributed, evaluate, pretrain, pretrain_configs, report, results, tasks
+from evalkit import distributed, evaluate, leaderboard, pretrain, pretrain_configs, report, results, tasks
 from evalkit.data import embedded
 
 MIN_IN_DOMAIN_GAIN = 0.05  # pre-trained must beat random init by ≥ 5 points, 10-shot in-domain
@@ -80,7 +80,9 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   print("\n" + table)
   print(ft_table)
   print(gap_line)
-  print(f"results: {settings.results_dir}\nsummary: {summary}\nwall time: {time.perf_counter() - start:.0f} s")
+  board = leaderboard.write(settings.results_dir, out / "report")
+  print(f"results: {settings.results_dir}\nsummary: {summary}\nreport: {board['html']}\n"
+        f"wall time: {time.perf_counter() - start:.0f} s")
   if gap < MIN_IN_DOMAIN_GAIN:
     print(f"evalkit: error: pre-training gained only {100 * gap:+.1f} points in-domain "
           f"(expected ≥ {100 * MIN_IN_DOMAIN_GAIN:.0f})")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
 from evalkit import cards, checkpoints, distributed, features, fewshot, finetune, results, tasks
 from evalkit.data import pp as pp_lib
@@ -101,8 +102,11 @@ def _image_size(reader, preprocess) -> tuple[int, int]:
   return tuple(int(s) for s in first["image"].shape[1:3])
 
 
-def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings, mesh) -> tuple[dict, dict]:
-  """Features of the task's train and test splits, then every (shots, seed) episode; returns (record, manifest)."""
+def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings, mesh) -> tuple[dict, dict, dict]:
+  """Features of the task's train and test splits, then every (shots, seed) episode.
+
+  Returns (record, manifest, items): the result, the example ids of every k-shot set, and per-test-item predictions.
+  """
   t0 = time.perf_counter()
   preprocess = pp_lib.parse(task.pp)
   pid, pcount = jax.process_index(), jax.process_count()
@@ -130,7 +134,7 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
   timings["fewshot_s"] = time.perf_counter() - t1
   timings["total_s"] = time.perf_counter() - t0
 
-  metrics = fewshot.summarize(episodes)
+  metrics = fewshot.summarize(episodes, test.labels)
   headline = metrics.get(task.headline_metric, {}).get("mean")
   record = {
       "schema": results.SCHEMA,
@@ -154,7 +158,10 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
       "note": "absolute example indices (in the base split) of each k-shot set, in class-then-draw order",
       "episodes": {f"{ep.shots}shot/seed{ep.seed}": train.ids[ep.train_positions].tolist() for ep in episodes},
   }
-  return record, manifest
+  items = {"test_ids": test.ids, "test_labels": test.labels.astype(np.int32),
+           "episodes": np.array([f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]),
+           "predictions": np.stack([ep.predictions for ep in episodes]).astype(np.int32)}
+  return record, manifest, items
 
 
 ADAPTERS = {"fewshot_ridge": evaluate_fewshot, "finetune": finetune.evaluate_finetune}
@@ -169,12 +176,12 @@ def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, m
       rows.append((task.name, "skipped", f"{path} exists (use --overwrite)"))
       continue
     try:
-      record, manifest = ADAPTERS[task.protocol](subject, task, settings, mesh)
+      record, manifest, items = ADAPTERS[task.protocol](subject, task, settings, mesh)
     except (source.DatasetNotPrepared, source.DatasetUnreadable) as e:  # other tasks still run; a bad checkpoint stops all
       rows.append((task.name, "error", str(e)))
       continue
     if jax.process_index() == 0:
-      results.write(path, record, manifest)
+      results.write(path, record, manifest, items)
     value = record["headline"]["value"]
     shown = "no result (every lr diverged)" if value is None else f"{100 * value:.2f}%"
     rows.append((task.name, "done", f"{record['headline']['metric']} {shown} -> {path}"))

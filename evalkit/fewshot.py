@@ -227,13 +227,21 @@ def ridge_fewshot(x_train, y_train, x_test, y_test, *, num_classes: int,
   return {(ep.shots, ep.seed): ep.accuracy for ep in episodes}
 
 
-def summarize(episodes: Sequence[Episode]) -> dict:
-  """Per shot count: per-seed accuracies, mean and (population) std over seeds, for fixed-λ and LOO-λ results."""
+def summarize(episodes: Sequence[Episode], y_test: np.ndarray | None = None) -> dict:
+  """Per shot count: per-seed accuracies, mean and (population) std over seeds, for fixed-λ and LOO-λ results.
+
+  With the test labels, also `se` and `ci95` of the mean, combining the spread over seeds (episode draws) with a
+  bootstrap over test items (`evalkit.stats.accuracy_interval`).
+  """
+  from evalkit import stats  # pylint: disable=g-import-not-at-top
   out = {}
   for k in sorted({ep.shots for ep in episodes}):
     eps = sorted((ep for ep in episodes if ep.shots == k), key=lambda ep: ep.seed)
     acc = np.array([ep.accuracy for ep in eps])
     row = {"per_seed": {str(ep.seed): ep.accuracy for ep in eps}, "mean": float(acc.mean()), "std": float(acc.std())}
+    if y_test is not None:
+      interval = stats.accuracy_interval(np.stack([ep.predictions == y_test for ep in eps]))
+      row.update(se=interval["se"], ci95=interval["ci95"])
     if eps[0].loo_accuracy is not None:
       loo = np.array([ep.loo_accuracy for ep in eps])
       row["loo"] = {"per_seed": {str(ep.seed): ep.loo_accuracy for ep in eps}, "mean": float(loo.mean()),

@@ -66,11 +66,11 @@ def optimizer_config(task, lr: float) -> dict:
           "schedule": {"decay_type": task.decay_type, "warmup_steps": task.warmup_steps}}
 
 
-def _top1(model, params, reader, preprocess, mesh, batch_size) -> tuple[np.ndarray, np.ndarray]:
-  """(predicted labels, true labels) over a split, through the same sharded, batch-invariant path as features."""
+def _top1(model, params, reader, preprocess, mesh, batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(predicted labels, true labels, example ids) over a split, through the sharded, batch-invariant feature path."""
   featurizer = features.model_featurizer(model, params, weights_hash="", representation="logits")
   out = features.extract(featurizer, reader, preprocess, mesh=mesh, batch_size=batch_size, progress=False)
-  return np.argmax(out.x, axis=1), out.labels
+  return np.argmax(out.x, axis=1), out.labels, out.ids
 
 
 @dataclasses.dataclass
@@ -108,10 +108,10 @@ def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: P
   if end < task.total_steps:
     return run  # interrupted on purpose (tests); not scored
   preprocess = pp_lib.parse(task.pp)
-  pred, true = _top1(model, state["params"], splits.minival, preprocess, mesh, task.batch_size)
+  pred, true, _ = _top1(model, state["params"], splits.minival, preprocess, mesh, task.batch_size)
   run.minival_top1 = float(np.mean(pred == true))
   if ema:
-    pred, true = _top1(model, state["ema"], splits.minival, preprocess, mesh, task.batch_size)
+    pred, true, _ = _top1(model, state["ema"], splits.minival, preprocess, mesh, task.batch_size)
     run.minival_top1_polyak = float(np.mean(pred == true))
   return run
 
@@ -123,7 +123,7 @@ def choose(runs: list[LrRun]) -> LrRun | None:
 
 
 def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = None) -> tuple[dict, dict]:
-  """The adapter (same signature and record schema as the few-shot one): returns (record, manifest)."""
+  """The adapter (same signature and record schema as the few-shot one): returns (record, manifest, items)."""
   if subject.is_pixels:
     raise checkpoints.CheckpointError(f"task {task.name}: fine-tuning needs a checkpoint, not raw pixels")
   t0 = time.perf_counter()
@@ -140,12 +140,13 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
   runs = [train_one_lr(model, ckpt.params, task, splits, lr, workdir / f"lr_{lr:g}", mesh, stop_at=stop_at,
                        progress=settings.progress) for lr in task.lr_grid]
   best = choose(runs)
-  metrics = {}
+  metrics, items = {}, {}
   if best is not None:
     for key, params in (("top1", best.state["params"]), ("top1_polyak", best.state.get("ema"))):
       if params is None:
         continue
-      pred, true = _top1(model, params, splits.test, preprocess, mesh, task.batch_size)
+      pred, true, ids = _top1(model, params, splits.test, preprocess, mesh, task.batch_size)
+      items.update({"test_ids": ids, "test_labels": true.astype(np.int32), f"predictions_{key}": pred.astype(np.int32)})
       correct = pred == true
       lo, hi = stats.bootstrap_ci(correct)
       metrics[key] = {"value": float(correct.mean()), "ci95": [lo, hi], "n": int(len(correct))}
@@ -168,4 +169,4 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
   }
   manifest = {"task": task.name, "note": "absolute example id ranges [start, stop) in the base train split",
               "train_ids": list(splits.train_range), "minival_ids": list(splits.minival_range)}
-  return record, manifest
+  return record, manifest, items or None

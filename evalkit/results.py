@@ -4,7 +4,8 @@ Schema `evalkit.result/1` (documented in README.md, "Result files"):
   schema, checkpoint{name, path, format, weights_hash, model, featurizer}, task{name, spec_hash, spec, dataset},
   protocol, headline{metric, value}, metrics{<k>shot: {per_seed, mean, std, loo{per_seed, mean, std, l2_reg}}},
   episodes[{shots, seed, l2_reg, accuracy, loo_l2_reg, loo_accuracy, loo_errors}], loo_l2_grid, data{...},
-  manifest (file name of the episode manifest), provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
+  manifest (file name of the episode manifest), items (file name of the per-test-item outcomes, .npz),
+  provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
 Accuracies are fractions in [0, 1]; published anchors (percent) are converted when compared.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ import subprocess
 from pathlib import Path
 
 import evalkit
+import numpy as np
+
 from evalkit import fileio
 
 SCHEMA = "evalkit.result/1"
@@ -35,12 +38,28 @@ def manifest_path(result_file: Path) -> Path:
   return result_file.with_name(result_file.stem + ".episodes.json")
 
 
-def write(path: Path, record: dict, manifest: dict | None = None) -> None:
-  """Manifest first, then the result: a result file on disk always comes with its complete manifest."""
+def items_path(result_file: Path) -> Path:
+  return result_file.with_name(result_file.stem + ".items.npz")
+
+
+def write(path: Path, record: dict, manifest: dict | None = None, items: dict | None = None) -> None:
+  """Sidecars first, then the result: a result file on disk always comes with its complete sidecars.
+
+  `items` holds per-test-item outcomes (arrays: test ids, labels, predictions per episode / model), so that two
+  checkpoints can later be compared item by item on identical episodes.
+  """
   if manifest is not None:
     fileio.atomic_write_json(manifest_path(path), manifest)
     record = {**record, "manifest": manifest_path(path).name}
+  if items is not None:
+    fileio.atomic_write(items_path(path), lambda f: np.savez_compressed(f, **items))
+    record = {**record, "items": items_path(path).name}
   fileio.atomic_write_json(path, record)
+
+
+def load_items(result_file: str | os.PathLike) -> dict[str, np.ndarray]:
+  with np.load(items_path(Path(result_file))) as z:
+    return {k: z[k] for k in z.files}
 
 
 def load(path: str | os.PathLike) -> dict:

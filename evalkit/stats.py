@@ -23,3 +23,38 @@ def bootstrap_ci(correct: np.ndarray, *, level: float = 0.95, resamples: int = 2
   alpha = (1.0 - level) / 2
   lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
   return float(lo), float(hi)
+
+
+def item_bootstrap_var(correct: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> float:
+  """Bootstrap variance, over test items, of the mean accuracy of rows `correct[s, i]` (seeds × items).
+
+  Items are resampled jointly for every seed (the seeds were scored on the same items).
+  """
+  correct = np.atleast_2d(np.asarray(correct, np.float64))
+  per_item = correct.mean(axis=0)  # mean over seeds, per item: the resampling unit
+  rng = np.random.default_rng(seed)
+  n = per_item.shape[0]
+  means = np.array([per_item[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+  return float(means.var(ddof=1))
+
+
+def accuracy_interval(correct: np.ndarray, *, level: float = 0.95, resamples: int = 1000, seed: int = 0) -> dict:
+  """Mean accuracy over seeds with an interval that combines both sources of noise.
+
+  `correct[s, i]`: outcome of test item i in episode (seed) s. Variance of the mean = the test-item bootstrap variance
+  + the between-seed variance / S (episode draws). The interval uses Student's t with Welch–Satterthwaite degrees of
+  freedom: with 3 seeds and a dominant seed spread it widens towards t(2), as it must.
+  """
+  from scipy import stats as scipy_stats  # pylint: disable=g-import-not-at-top
+  correct = np.atleast_2d(np.asarray(correct, np.float64))
+  seeds = correct.shape[0]
+  acc = correct.mean(axis=1)
+  var_item = item_bootstrap_var(correct, resamples=resamples, seed=seed)
+  var_seed = float(acc.var(ddof=1)) / seeds if seeds > 1 else 0.0
+  var = var_item + var_seed
+  # Welch–Satterthwaite: the item term has (practically) unlimited degrees of freedom.
+  dof = var**2 / (var_seed**2 / (seeds - 1)) if var_seed > 0 else np.inf
+  half = float(scipy_stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(var))
+  mean = float(acc.mean())
+  return {"mean": mean, "se": float(np.sqrt(var)), "ci95": [mean - half, mean + half], "se_items": var_item**0.5,
+          "se_seeds": var_seed**0.5, "dof": float(dof)}

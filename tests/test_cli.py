@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from evalkit import checkpoints, distributed, features, fewshot, results
@@ -71,6 +72,14 @@ def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_d
   assert rec["headline"] == {"metric": "10shot", "value": rec["metrics"]["10shot"]["mean"]}
   for ep in rec["episodes"]:
     assert ep["loo_l2_reg"] in rec["loo_l2_grid"] and len(ep["loo_errors"]) == len(rec["loo_l2_grid"])
+
+  items = results.load_items(path)  # per-test-item outcomes, for paired comparisons
+  assert items["predictions"].shape == (12, 500) and list(items["test_ids"]) == list(range(500))
+  for key, pred in zip(items["episodes"], items["predictions"]):
+    k, seed = key.split("shot/seed")
+    assert np.mean(pred == items["test_labels"]) == rec["metrics"][f"{k}shot"]["per_seed"][seed]
+  ten = rec["metrics"]["10shot"]
+  assert ten["ci95"][0] < ten["mean"] < ten["ci95"][1] and ten["se"] > 0
 
   manifest = json.loads(results.manifest_path(path).read_text())
   ten = manifest["episodes"]["10shot/seed0"]
@@ -159,3 +168,11 @@ def test_demo_digits_only_variant(data_dir, tmp_path):
   recs = {r["checkpoint"]["name"]: r for r in results.load_all(tmp_path / "demo" / "results")}
   assert recs["pretrained"]["headline"]["value"] > recs["random_init"]["headline"]["value"] + 0.05
   assert recs["pretrained"]["checkpoint"]["model"] == recs["random_init"]["checkpoint"]["model"]
+  assert "report: " in proc.stdout and (tmp_path / "demo" / "report" / "leaderboard.html").exists()
+  assert "| pretrained |" in (tmp_path / "demo" / "report" / "leaderboard.md").read_text()
+  # The paired comparison finds the pre-trained checkpoint better than random init, in-domain.
+  cmp = run_cli("compare", "pretrained", "random_init", f"--results_dir={tmp_path / 'demo' / 'results'}")
+  assert cmp.returncode == 0, cmp.stderr[-2000:]
+  row = next(line for line in cmp.stdout.splitlines() if line.startswith("| digits_heldout |"))
+  p_bootstrap = float(row.split("|")[7])
+  assert p_bootstrap < 0.01, cmp.stdout

@@ -1,0 +1,89 @@
+"""CI regression gate: non-inferiority of new results against a baseline, with margins from the measured noise.
+
+A baseline lists, per (checkpoint, task, metric), the value, its standard error and the task-spec hash. A new result
+passes when  new ≥ baseline − (z · sqrt(se_baseline² + se_new²) + tolerance):  the margin is what the two
+measurements' own noise (episode draws and test-item sampling for few-shot, test-item bootstrap for fine-tuning)
+allows, plus an optional absolute tolerance. z defaults to 1.645 (one-sided 95%).
+
+Exit codes of `evalkit gate`: 0 pass, 1 regression, 2 usage error or missing / incomparable results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from evalkit import results
+
+SCHEMA = "evalkit.baseline/1"
+DEFAULT_Z = 1.645
+
+
+def _metric_entries(record: dict) -> list[dict]:
+  """(metric, value, se) of a result record: every k-shot mean for few-shot, top-1 for fine-tuning."""
+  out = []
+  for metric, m in record["metrics"].items():
+    if "mean" in m:  # few-shot: mean over seeds
+      se = m.get("se", m["std"] / math.sqrt(max(1, len(m["per_seed"]) - 1)))
+      out.append({"metric": metric, "value": m["mean"], "se": se})
+    elif "value" in m:  # fine-tune: top-1 with a bootstrap CI
+      out.append({"metric": metric, "value": m["value"], "se": (m["ci95"][1] - m["ci95"][0]) / (2 * 1.96)})
+  return out
+
+
+def make_baseline(results_dir) -> dict:
+  entries = []
+  for r in results.load_all(results_dir):
+    for e in _metric_entries(r):
+      entries.append({"checkpoint": r["checkpoint"]["name"], "task": r["task"]["name"],
+                      "spec_hash": r["task"]["spec_hash"], **e})
+  return {"schema": SCHEMA, "entries": entries}
+
+
+@dataclasses.dataclass
+class Check:
+  checkpoint: str
+  task: str
+  metric: str
+  status: str  # pass | regression | missing | incomparable
+  baseline: float | None = None
+  new: float | None = None
+  margin: float | None = None
+
+
+def run_gate(baseline: dict, results_dir, *, z: float = DEFAULT_Z, tolerance: float = 0.0) -> list[Check]:
+  if baseline.get("schema") != SCHEMA:
+    raise ValueError(f"not an evalkit baseline (schema {baseline.get('schema')!r}, expected {SCHEMA!r})")
+  found = {(r["checkpoint"]["name"], r["task"]["name"]): r for r in results.load_all(results_dir)}
+  checks = []
+  for b in baseline["entries"]:
+    check = Check(b["checkpoint"], b["task"], b["metric"], "missing", baseline=b["value"])
+    record = found.get((b["checkpoint"], b["task"]))
+    new = {e["metric"]: e for e in _metric_entries(record)}.get(b["metric"]) if record else None
+    if record is not None and record["task"]["spec_hash"] != b["spec_hash"]:
+      check.status = "incomparable"
+    elif new is not None:
+      check.new = new["value"]
+      check.margin = z * math.hypot(b["se"], new["se"]) + tolerance
+      check.status = "pass" if new["value"] >= b["value"] - check.margin else "regression"
+    checks.append(check)
+  return checks
+
+
+def exit_code(checks: list[Check]) -> int:
+  statuses = {c.status for c in checks}
+  if statuses & {"missing", "incomparable"} or not checks:
+    return 2
+  return 1 if "regression" in statuses else 0
+
+
+def markdown(checks: list[Check]) -> str:
+  """A table fit for a CI step summary (e.g. $GITHUB_STEP_SUMMARY)."""
+  verdict = {0: "passed", 1: "FAILED: regression", 2: "FAILED: missing or incomparable results"}[exit_code(checks)]
+  pct = lambda v: "–" if v is None else f"{100 * v:.2f}"
+  lines = [f"### evalkit gate: {verdict}", "", "| checkpoint | task | metric | baseline % | new % | Δ | margin | status |",
+           "|---|---|---|---|---|---|---|---|"]
+  for c in checks:
+    delta = "–" if c.new is None else f"{100 * (c.new - c.baseline):+.2f}"
+    lines.append(f"| {c.checkpoint} | {c.task} | {c.metric} | {pct(c.baseline)} | {pct(c.new)} | {delta} | "
+                 f"{pct(c.margin)} | {c.status} |")
+  return "\n".join(lines) + "\n"

@@ -1,0 +1,256 @@
+"""Leaderboards from a results directory: Markdown, CSV and one self-contained HTML page (inline CSS, JS and plots).
+
+Rows are checkpoints, columns the headline metric of each task (ImageNet 10-shot and ImageNet fine-tune first), each
+cell the measured value with its 95% CI and, where the checkpoint's card has one, the published number beside it.
+Within a column, cells are ranked only against cells with the column's reference task-spec hash (the most common
+one); a cell computed under another spec is flagged and left unranked.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import csv
+import dataclasses
+import html
+import io
+import json
+from pathlib import Path
+
+from evalkit import cards, fileio, results
+
+HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
+
+
+@dataclasses.dataclass
+class Cell:
+  value: float
+  ci95: tuple[float, float] | None
+  spec_hash: str
+  published: float | None = None  # percent, from the checkpoint card
+  rank: int | None = None
+  mismatch: bool = False
+
+
+@dataclasses.dataclass
+class Board:
+  rows: list[str]  # checkpoint names
+  columns: list[tuple[str, str]]  # (task, metric)
+  cells: dict[tuple[str, tuple[str, str]], Cell]
+  records: list[dict]
+  suite_mean: dict[str, Cell] = dataclasses.field(default_factory=dict)  # rows with every column, comparably
+
+  def all_columns(self) -> list[tuple[str, str]]:
+    return self.columns + ([("suite", "mean")] if self.suite_mean else [])
+
+  def cell(self, row: str, column: tuple[str, str]) -> Cell | None:
+    return self.suite_mean.get(row) if column == ("suite", "mean") else self.cells.get((row, column))
+
+
+def _headline_cell(record: dict) -> tuple[str, Cell] | None:
+  metric = record["headline"]["metric"]
+  m = record["metrics"].get(metric)
+  if not m:
+    return None
+  value = m["mean"] if "mean" in m else m["value"]
+  ci = tuple(m["ci95"]) if "ci95" in m else None
+  return metric, Cell(value, ci, record["task"]["spec_hash"])
+
+
+def _published(record: dict, task: str, metric: str, card_cache: dict) -> float | None:
+  name = record["checkpoint"].get("card")
+  if not name:
+    return None
+  if name not in card_cache:
+    try:
+      card_cache[name] = cards.load_card(name)
+    except cards.CardError:
+      card_cache[name] = None
+  card = card_cache[name]
+  return card.published.get(f"{task}/{metric}") if card else None
+
+
+def build(records: list[dict]) -> Board:
+  cells, columns, card_cache = {}, [], {}
+  for r in records:
+    got = _headline_cell(r)
+    if got is None:
+      continue
+    metric, cell = got
+    column = (r["task"]["name"], metric)
+    cell.published = _published(r, *column, card_cache)
+    cells[(r["checkpoint"]["name"], column)] = cell
+    if column not in columns:
+      columns.append(column)
+  columns.sort(key=lambda c: (HEADLINE_FIRST.index(c[0]) if c[0] in HEADLINE_FIRST else len(HEADLINE_FIRST), c))
+  rows = list(dict.fromkeys(r["checkpoint"]["name"] for r in records))
+  for column in columns:
+    in_column = [(row, cells[(row, column)]) for row in rows if (row, column) in cells]
+    reference = collections.Counter(c.spec_hash for _, c in in_column).most_common(1)[0][0]
+    ranked = sorted((c for _, c in in_column if c.spec_hash == reference), key=lambda c: -c.value)
+    for i, c in enumerate(ranked):
+      c.rank = 1 + sum(1 for other in ranked[:i] if other.value > c.value)  # ties share a rank
+    for _, c in in_column:
+      c.mismatch = c.spec_hash != reference
+  return Board(rows, columns, cells, records, _suite_means(rows, columns, cells))
+
+
+def _suite_means(rows, columns, cells) -> dict[str, Cell]:
+  """Mean over all columns for rows that have every column under its reference spec; the CI propagates the cells'
+  standard errors (taken from their 95% intervals) as independent: se = sqrt(Σ se²) / T."""
+  if len(columns) < 2:
+    return {}
+  means = {}
+  for row in rows:
+    got = [cells.get((row, c)) for c in columns]
+    if any(c is None or c.mismatch or c.ci95 is None for c in got):
+      continue
+    value = sum(c.value for c in got) / len(got)
+    se = sum(((c.ci95[1] - c.ci95[0]) / (2 * 1.96)) ** 2 for c in got) ** 0.5 / len(got)
+    means[row] = Cell(value, (value - 1.96 * se, value + 1.96 * se), spec_hash="suite")
+  ranked = sorted(means.values(), key=lambda c: -c.value)
+  for i, c in enumerate(ranked):
+    c.rank = 1 + sum(1 for other in ranked[:i] if other.value > c.value)
+  return means
+
+
+def _fmt(cell: Cell | None, *, with_ci: bool = True) -> str:
+  if cell is None:
+    return "–"
+  text = f"{100 * cell.value:.2f}"
+  if with_ci and cell.ci95:
+    text += f" [{100 * cell.ci95[0]:.1f}, {100 * cell.ci95[1]:.1f}]"
+  if cell.published is not None:
+    text += f" (published {cell.published:g})"
+  if cell.mismatch:
+    text += " ≠spec"
+  return text
+
+
+def markdown(board: Board) -> str:
+  columns = board.all_columns()
+  head = ["checkpoint"] + [f"{t} {m}" for t, m in columns]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for row in board.rows:
+    lines.append("| " + " | ".join([row] + [_fmt(board.cell(row, c)) for c in columns]) + " |")
+  lines.append("")
+  lines.append("Accuracy % with 95% CI; `≠spec`: computed under another task spec than the column's, not ranked.")
+  return "\n".join(lines) + "\n"
+
+
+def csv_text(board: Board) -> str:
+  out = io.StringIO()
+  w = csv.writer(out)
+  w.writerow(["checkpoint", "task", "metric", "value", "ci95_low", "ci95_high", "spec_hash", "rank", "spec_mismatch",
+              "published_percent"])
+  for row in board.rows:
+    for task, metric in board.all_columns():
+      c = board.cell(row, (task, metric))
+      if c is not None:
+        w.writerow([row, task, metric, c.value, *(c.ci95 or ("", "")), c.spec_hash, c.rank or "", c.mismatch,
+                    "" if c.published is None else c.published])
+  return out.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plots (matplotlib, embedded as PNG data URIs).
+
+
+def _png(fig) -> str:
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+  return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def plots(records: list[dict]) -> list[tuple[str, str]]:
+  """(title, PNG data URI): accuracy vs shots per few-shot task; few-shot vs fine-tune per checkpoint."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  out = []
+  fewshot = [r for r in records if r["protocol"] == "fewshot_ridge"]
+  tasks = sorted({r["task"]["name"] for r in fewshot})
+  if tasks:
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+      for r in (r for r in fewshot if r["task"]["name"] == task):
+        shots = sorted(int(k.removesuffix("shot")) for k in r["metrics"])
+        means = [100 * r["metrics"][f"{k}shot"]["mean"] for k in shots]
+        ax.plot(shots, means, marker="o", label=r["checkpoint"]["name"])
+      ax.set(xscale="log", xlabel="shots per class", ylabel="accuracy %", title=task)
+      ax.set_xticks(shots, [str(k) for k in shots])
+    axes[0][0].legend(fontsize=8)
+    out.append(("Few-shot accuracy vs shots", _png(fig)))
+    plt.close(fig)
+  both = collections.defaultdict(dict)
+  for r in records:
+    both[r["checkpoint"]["name"]].setdefault(r["protocol"], []).append(r["headline"]["value"])
+  pairs = [(n, d) for n, d in both.items() if "fewshot_ridge" in d and "finetune" in d]
+  if pairs:
+    fig, ax = plt.subplots(figsize=(4, 3.2))
+    for name, d in pairs:
+      x, y = 100 * sum(d["fewshot_ridge"]) / len(d["fewshot_ridge"]), 100 * sum(d["finetune"]) / len(d["finetune"])
+      ax.scatter([x], [y])
+      ax.annotate(name, (x, y), fontsize=8)
+    ax.set(xlabel="mean few-shot headline %", ylabel="mean fine-tune top-1 %", title="Few-shot vs fine-tune")
+    out.append(("Few-shot vs fine-tune", _png(fig)))
+    plt.close(fig)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# HTML: one file, no network.
+
+_CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}
+td:first-child,th:first-child{text-align:left}.ci{color:#777;font-size:85%}.pub{color:#36c;font-size:85%}
+.mismatch{background:#fde2e2}.rank1{font-weight:bold}img{max-width:100%;margin:1em 0}"""
+
+# Sorting by clicking a header (again: reverse); `#sort=<column>:<asc|desc>` in the URL sorts on load.
+_JS = """function sortTable(col, desc){const tb=document.querySelector('#board tbody');
+const rows=[...tb.rows];const key=r=>{const v=r.cells[col].dataset.v;return v===undefined?r.cells[col].textContent:
+(v===''?-Infinity:parseFloat(v));};rows.sort((a,b)=>{const x=key(a),y=key(b);const c=x<y?-1:x>y?1:0;
+return desc?-c:c;});rows.forEach(r=>tb.appendChild(r));document.body.dataset.sorted=col+':'+(desc?'desc':'asc');}
+document.querySelectorAll('#board th').forEach((th,i)=>th.addEventListener('click',()=>{
+const d=document.body.dataset.sorted===i+':desc'?false:true;sortTable(i,d);}));
+const m=location.hash.match(/sort=(\\d+):(asc|desc)/);if(m){sortTable(parseInt(m[1]),m[2]==='desc');}"""
+
+
+def html_page(board: Board, title: str = "evalkit leaderboard") -> str:
+  esc = html.escape
+  columns = board.all_columns()
+  head = "".join(f"<th>{esc(t)}<br><small>{esc(m)}</small></th>" for t, m in columns)
+  body = []
+  for row in board.rows:
+    tds = [f"<td>{esc(row)}</td>"]
+    for column in columns:
+      c = board.cell(row, column)
+      if c is None:
+        tds.append('<td data-v="">–</td>')
+        continue
+      cls = " ".join(k for k, on in (("mismatch", c.mismatch), ("rank1", c.rank == 1)) if on)
+      ci = f' <span class="ci">[{100 * c.ci95[0]:.1f}, {100 * c.ci95[1]:.1f}]</span>' if c.ci95 else ""
+      pub = f' <span class="pub">published {c.published:g}</span>' if c.published is not None else ""
+      tip = "computed under another task spec: not ranked" if c.mismatch else f"rank {c.rank}"
+      tds.append(f'<td class="{cls}" data-v="{c.value:.6f}" title="{tip}">{100 * c.value:.2f}{ci}{pub}</td>')
+    body.append(f"<tr>{''.join(tds)}</tr>")
+  figures = "".join(f"<h2>{esc(t)}</h2><img alt=\"{esc(t)}\" src=\"{uri}\">" for t, uri in plots(board.records))
+  data = json.dumps([{"checkpoint": r, "task": t, "metric": m, "value": c.value, "rank": c.rank}
+                     for (r, (t, m)), c in board.cells.items()])
+  return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(title)}</title><style>{_CSS}</style>"
+          f"</head><body><h1>{esc(title)}</h1><p>Accuracy % with 95% CI; click a column to sort. Red cells were "
+          f"computed under another task spec than their column's and are not ranked.</p>"
+          f"<table id=\"board\"><thead><tr><th>checkpoint</th>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
+          f"</table>{figures}<script type=\"application/json\" id=\"data\">{esc(data)}</script>"
+          f"<script>{_JS}</script></body></html>")
+
+
+def write(results_dir, out_dir) -> dict[str, Path]:
+  """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths."""
+  board = build(results.load_all(results_dir))
+  out_dir = Path(out_dir)
+  paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
+           "html": out_dir / "leaderboard.html"}
+  for kind, text in (("markdown", markdown(board)), ("csv", csv_text(board)), ("html", html_page(board))):
+    data = text.encode()
+    fileio.atomic_write(paths[kind], lambda f, d=data: f.write(d))
+  return paths
