@@ -50,10 +50,11 @@ class Subject:
     return features.model_featurizer(self.model, ckpt.params, weights_hash=ckpt.weights_hash,
                                      representation=representation, dtype=dtype)
 
-  def describe(self, image_size) -> dict:
+  def describe(self, image_size, ckpt: checkpoints.Checkpoint | None = None) -> dict:
+    """Provenance of the subject; pass `ckpt` when it is already loaded (e.g. with another head) to skip a re-read."""
     if self.is_pixels:
       return {"name": self.name, "kind": PIXELS}
-    ckpt = self.checkpoint(image_size)
+    ckpt = ckpt or self.checkpoint(image_size)
     return {"name": self.name, "kind": "checkpoint", "path": str(self.path), "format": ckpt.format,
             "weights_hash": ckpt.weights_hash, "model": vit.model_config(self.model),
             "card": self.card.name if self.card else None}

@@ -8,6 +8,7 @@ accuracies computed from them. The last batch is padded and the padding dropped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -84,8 +85,12 @@ def pixel_featurizer() -> Featurizer:
 # Extraction.
 
 
+@functools.lru_cache(maxsize=32)
 def sharded_forward(fn: Callable, mesh: Mesh, micro_batch: int) -> Callable:
-  """jit(shard_map(...)) of `fn` over the mesh's data axis, in fixed-size micro-batches on every device."""
+  """jit(shard_map(...)) of `fn` over the mesh's data axis, in fixed-size micro-batches on every device.
+
+  Memoised, so the train and test splits of a task (same featurizer) share one compiled forward.
+  """
   def per_device(params, images):
     micro = images.reshape(-1, micro_batch, *images.shape[1:])
     out = jax.lax.map(lambda chunk: fn(params, chunk), micro)

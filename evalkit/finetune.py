@@ -152,7 +152,7 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
       metrics[key] = {"value": float(correct.mean()), "ci95": [lo, hi], "n": int(len(correct))}
   record = {
       "schema": results.SCHEMA,
-      "checkpoint": {**subject.describe(image_size), "init_weights_hash": ckpt.weights_hash},
+      "checkpoint": subject.describe(image_size, ckpt),
       "task": {"name": task.name, "spec_hash": task.spec_hash, "spec": task.spec(),
                "dataset": source.dataset_fingerprint(splits.test)},
       "protocol": task.protocol,

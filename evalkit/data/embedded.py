@@ -68,6 +68,16 @@ def _pil_gray(image_hw: np.ndarray):
   return Image.fromarray(np.ascontiguousarray(image_hw), mode="L")
 
 
+def _gray_image_info(builder, shape, label, description, homepage):
+  """DatasetInfo of an (image, label) dataset in source order."""
+  return tfds.core.DatasetInfo(
+      builder=builder, description=description,
+      features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(shape=shape), "label": label}),
+      supervised_keys=("image", "label"), homepage=homepage,
+      disable_shuffling=True)  # Keep the source order: it is the example id.
+
+
 class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """scikit-learn's 8x8 handwritten digits."""
   name = "digits"
@@ -75,18 +85,11 @@ class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {"1.0.0": "evalkit: sklearn order, train 1297 / test 500."}
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=("scikit-learn load_digits(): 1797 8x8 grey digits, "
-                     "values 0..16 scaled to 0..255 ((v*255+8)//16)."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(8, 8, 1)),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://archive.ics.uci.edu/dataset/80",
-        disable_shuffling=True,  # Keep scikit-learn order.
-    )
+    return _gray_image_info(
+        self, (8, 8, 1), tfds.features.ClassLabel(num_classes=10),
+        "scikit-learn load_digits(): 1797 8x8 grey digits, values 0..16 "
+        "scaled to 0..255 ((v*255+8)//16).",
+        "https://archive.ics.uci.edu/dataset/80")
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: the data ships with scikit-learn.
@@ -115,18 +118,11 @@ class FashionMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     super().__init__(**kwargs)
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=("Fashion-MNIST (Zalando): 28x28 grey article images, "
-                     "10 classes, train 60000 / test 10000 in file order."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://github.com/zalandoresearch/fashion-mnist",
-        disable_shuffling=True,  # Keep file order.
-    )
+    return _gray_image_info(
+        self, (28, 28, 1), tfds.features.ClassLabel(names=FASHION_MNIST_CLASSES),
+        "Fashion-MNIST (Zalando): 28x28 grey article images, 10 classes, "
+        "train 60000 / test 10000 in file order.",
+        "https://github.com/zalandoresearch/fashion-mnist")
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Offline: files come from the Debian package.
