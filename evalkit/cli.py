@@ -9,6 +9,8 @@ Commands:
   compare A B  paired comparison of checkpoints A and B (paired bootstrap, McNemar) on their common tasks
   baseline     write a gate baseline (values and their noise) from a results directory
   gate         non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)
+  scaling sweep  a grid of pre-training runs (model sizes × data sizes × lengths), every checkpoint evaluated
+  scaling fit    the scaling law E = a·(C + d)^(−b) + c on the compute frontier, data-size curves, plots
   demo         end-to-end run on the embedded data (see evalkit/demo.py)
 """
 from __future__ import annotations
@@ -45,10 +47,14 @@ flags.DEFINE_bool("loo", True, "Also choose λ by leave-one-out on the k-shot se
 flags.DEFINE_bool("overwrite", False, "Recompute results that already exist.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 # Pre-training.
-flags.DEFINE_string("config", None, "Pre-training config: a name (demo, digits_tiny) or a path to a .toml file.")
-flags.DEFINE_string("workdir", None, "Pre-training working directory (state, checkpoints, cards); reruns resume.")
+flags.DEFINE_string("config", None, "Pre-training config (demo, digits_tiny, ...) or, for `scaling sweep`, sweep "
+                    "config (default, quick); or a path to a .toml file.")
+flags.DEFINE_string("workdir", None, "Pre-training or sweep working directory; reruns resume.")
 flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear cooldown (overrides the config).")
 flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
+# Scaling studies.
+flags.DEFINE_bool("quick", False, "`scaling sweep`: the seconds-scale `quick` sweep on digits (tests, smoke runs).")
+flags.DEFINE_integer("bootstrap_samples", 1000, "`scaling fit`: bootstrap refits for the CIs of the law's parameters.")
 # Regression gate.
 flags.DEFINE_string("baseline", None, "Baseline JSON (written by `evalkit baseline`).")
 flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`).")
@@ -68,10 +74,10 @@ class UsageError(Exception):
 
 def _user_errors():
   """Exceptions that mean bad input: reported as one line, exit status 1 (no traceback)."""
-  from evalkit import cards, checkpoints, pretrain, tasks
+  from evalkit import cards, checkpoints, pretrain, sweep, tasks
   from evalkit.data import source
   return (tasks.TaskError, cards.CardError, checkpoints.CheckpointError, source.DatasetNotPrepared,
-          source.DatasetUnreadable, pretrain.TrainingDiverged)
+          source.DatasetUnreadable, pretrain.TrainingDiverged, sweep.SweepError)
 
 
 def _model_kwargs() -> dict:
@@ -198,6 +204,53 @@ def cmd_gate() -> int:
   return gate.exit_code(checks)
 
 
+def cmd_scaling(action: str) -> int:
+  if action not in ("sweep", "fit"):
+    raise UsageError(f"unknown scaling action {action!r}: use `evalkit scaling sweep` or `evalkit scaling fit`")
+  if action == "sweep":
+    _scaling_sweep()
+  return _scaling_fit(after_sweep=action == "sweep")
+
+
+def _scaling_sweep() -> None:
+  from evalkit import distributed, sweep
+  if not FLAGS.workdir or not (FLAGS.config or FLAGS.quick):
+    raise UsageError("--workdir and --config (default, quick or a .toml file) or --quick are required")
+  distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
+  config = sweep.load("quick" if FLAGS.quick else FLAGS.config)
+  rows = sweep.run_sweep(config, FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+  for row in rows:
+    print(f"{row['cell']:16s} {row['status']:16s} {row['seconds']:7.0f} s")
+  print(f"sweep {config.name!r}: {len(rows)} cells × {len(config.lengths())} lengths, "
+        f"{sum(r['seconds'] for r in rows):.0f} s this run")
+
+
+def _scaling_fit(after_sweep: bool) -> int:
+  """Analyses the sweep's (--workdir) or any (--results_dir) results; writes to --out (default <workdir>/scaling)."""
+  from pathlib import Path
+  import jax
+  from evalkit import leaderboard, results, scaling
+  results_dir = Path(FLAGS.workdir) / "results" if FLAGS.workdir else Path(FLAGS.results_dir)
+  out = FLAGS.out or (Path(FLAGS.workdir) / "scaling" if FLAGS.workdir else None)
+  if out is None:
+    raise UsageError("--out is required with --results_dir (or pass the sweep's --workdir)")
+  studies = scaling.analyze_all(results.load_all(results_dir), bootstrap=FLAGS.bootstrap_samples)
+  if not studies:
+    why = (f"no scaling results in {results_dir}: every task needs checkpoints with training compute in their "
+           "cards (from `evalkit pretrain` / `evalkit scaling sweep`) at ≥ 3 compute values")
+    if after_sweep:
+      print(why)
+      return 0
+    raise UsageError(why)
+  if jax.process_index() == 0:  # one writer in multi-process runs
+    paths = scaling.write(studies, out)
+    paths["html"] = leaderboard.write(results_dir, out, studies=studies)["html"]
+    print("\n".join(scaling.markdown(s) for s in studies))
+    for kind, path in paths.items():
+      print(f"{kind}: {path}")
+  return 0
+
+
 def cmd_demo() -> int:
   from evalkit import demo
   return demo.main(results_dir=FLAGS.results_dir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
@@ -205,8 +258,8 @@ def cmd_demo() -> int:
 
 COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "pretrain": cmd_pretrain,
             "report": cmd_report, "compare": cmd_compare, "baseline": cmd_baseline, "gate": cmd_gate,
-            "demo": cmd_demo}
-POSITIONAL = {"compare": 2}  # commands that take positional arguments, and how many
+            "scaling": cmd_scaling, "demo": cmd_demo}
+POSITIONAL = {"compare": 2, "scaling": 1}  # commands that take positional arguments, and how many
 
 
 def main(argv: list[str]) -> int:
@@ -214,8 +267,8 @@ def main(argv: list[str]) -> int:
   logging.getLogger("evalkit").setLevel(logging.INFO)  # our progress and throughput lines
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) - 2 != POSITIONAL.get(command, 0):
-    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit compare A B; evalkit --helpfull lists flags)",
-          file=sys.stderr)
+    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit compare A B; evalkit scaling sweep|fit; "
+          "evalkit --helpfull lists flags)", file=sys.stderr)
     return 2
   try:
     return COMMANDS[command](*argv[2:])

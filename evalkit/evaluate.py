@@ -55,9 +55,12 @@ class Subject:
     if self.is_pixels:
       return {"name": self.name, "kind": PIXELS}
     ckpt = ckpt or self.checkpoint(image_size)
-    return {"name": self.name, "kind": "checkpoint", "path": str(self.path), "format": ckpt.format,
-            "weights_hash": ckpt.weights_hash, "model": vit.model_config(self.model),
-            "card": self.card.name if self.card else None}
+    described = {"name": self.name, "kind": "checkpoint", "path": str(self.path), "format": ckpt.format,
+                 "weights_hash": ckpt.weights_hash, "model": vit.model_config(self.model),
+                 "card": self.card.name if self.card else None}
+    if self.card and self.card.training:
+      described["training"] = dict(self.card.training)  # compute, data size, ...: what scaling studies need
+    return described
 
 
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,

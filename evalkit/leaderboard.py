@@ -7,7 +7,6 @@ one); a cell computed under another spec is flagged and left unranked.
 """
 from __future__ import annotations
 
-import base64
 import collections
 import csv
 import dataclasses
@@ -16,9 +15,10 @@ import io
 import json
 from pathlib import Path
 
-from evalkit import cards, fileio, results
+from evalkit import cards, fileio, plotting, results, scaling
 
 HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
+REPORT_BOOTSTRAP = 300  # refits for the CIs of a scaling law the page fits itself
 
 
 @dataclasses.dataclass
@@ -155,17 +155,9 @@ def csv_text(board: Board) -> str:
 # Plots (matplotlib, embedded as PNG data URIs).
 
 
-def _png(fig) -> str:
-  buf = io.BytesIO()
-  fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-  return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def plots(records: list[dict]) -> list[tuple[str, str]]:
   """(title, PNG data URI): accuracy vs shots per few-shot task; few-shot vs fine-tune per checkpoint."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plotting.pyplot()
   out = []
   fewshot = [r for r in records if r["protocol"] == "fewshot_ridge"]
   tasks = sorted({r["task"]["name"] for r in fewshot})
@@ -178,8 +170,9 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
         ax.plot(shots, means, marker="o", label=r["checkpoint"]["name"])
       ax.set(xscale="log", xlabel="shots per class", ylabel="accuracy %", title=task)
       ax.set_xticks(shots, [str(k) for k in shots])
-    axes[0][0].legend(fontsize=8)
-    out.append(("Few-shot accuracy vs shots", _png(fig)))
+    if len({r["checkpoint"]["name"] for r in fewshot}) <= 12:  # beyond that a legend hides the plot
+      axes[0][0].legend(fontsize=8)
+    out.append(("Few-shot accuracy vs shots", plotting.data_uri(fig)))
     plt.close(fig)
   both = collections.defaultdict(dict)
   for r in records:
@@ -192,7 +185,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       ax.scatter([x], [y])
       ax.annotate(name, (x, y), fontsize=8)
     ax.set(xlabel="mean few-shot headline %", ylabel="mean fine-tune top-1 %", title="Few-shot vs fine-tune")
-    out.append(("Few-shot vs fine-tune", _png(fig)))
+    out.append(("Few-shot vs fine-tune", plotting.data_uri(fig)))
     plt.close(fig)
   return out
 
@@ -215,7 +208,8 @@ const d=document.body.dataset.sorted===i+':desc'?false:true;sortTable(i,d);}));
 const m=location.hash.match(/sort=(\\d+):(asc|desc)/);if(m){sortTable(parseInt(m[1]),m[2]==='desc');}"""
 
 
-def html_page(board: Board, title: str = "evalkit leaderboard") -> str:
+def html_page(board: Board, title: str = "evalkit leaderboard", studies=None) -> str:
+  """The page; `studies` (evalkit.scaling analyses) default to those of the board's records, if they have any."""
   esc = html.escape
   columns = board.all_columns()
   head = "".join(f"<th>{esc(t)}<br><small>{esc(m)}</small></th>" for t, m in columns)
@@ -234,6 +228,9 @@ def html_page(board: Board, title: str = "evalkit leaderboard") -> str:
       tds.append(f'<td class="{cls}" data-v="{c.value:.6f}" title="{tip}">{100 * c.value:.2f}{ci}{pub}</td>')
     body.append(f"<tr>{''.join(tds)}</tr>")
   figures = "".join(f"<h2>{esc(t)}</h2><img alt=\"{esc(t)}\" src=\"{uri}\">" for t, uri in plots(board.records))
+  if studies is None:  # a quicker bootstrap than `evalkit scaling fit`'s default: the page states the count
+    studies = scaling.analyze_all(board.records, bootstrap=REPORT_BOOTSTRAP)
+  figures += scaling.html_section(studies)
   data = json.dumps([{"checkpoint": r, "task": t, "metric": m, "value": c.value, "rank": c.rank}
                      for (r, (t, m)), c in board.cells.items()])
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(title)}</title><style>{_CSS}</style>"
@@ -244,13 +241,15 @@ def html_page(board: Board, title: str = "evalkit leaderboard") -> str:
           f"<script>{_JS}</script></body></html>")
 
 
-def write(results_dir, out_dir) -> dict[str, Path]:
-  """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths."""
+def write(results_dir, out_dir, studies=None) -> dict[str, Path]:
+  """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths. The page includes a
+  scaling section (plots, fitted law, claims) when the results come from a scaling study (see evalkit.scaling)."""
   board = build(results.load_all(results_dir))
   out_dir = Path(out_dir)
   paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
            "html": out_dir / "leaderboard.html"}
-  for kind, text in (("markdown", markdown(board)), ("csv", csv_text(board)), ("html", html_page(board))):
+  pages = (("markdown", markdown(board)), ("csv", csv_text(board)), ("html", html_page(board, studies=studies)))
+  for kind, text in pages:
     data = text.encode()
     fileio.atomic_write(paths[kind], lambda f, d=data: f.write(d))
   return paths

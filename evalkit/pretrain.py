@@ -16,6 +16,7 @@ Workdir layout:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +33,27 @@ from evalkit.models import vit
 TrainingDiverged = training.TrainingDiverged  # re-exported: the pretrain command's NaN error
 
 
+class ConfigFields:
+  """from_dict / to_dict for config dataclasses; unknown keys are an error (ValueError) naming the known ones."""
+  kind = "config"
+
+  @classmethod
+  def from_dict(cls, d: dict):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown {cls.kind} field(s) {unknown}; known: {sorted(known)}")
+    return cls(**d)
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
-class PretrainConfig:
+class PretrainConfig(ConfigFields):
   """big_vision-like fields. `model` holds ViT arguments (`variant` and/or width, depth, ...)."""
   name: str = "pretrain"
+  model_name: str = ""  # label of the model in reports and scaling plots (default: its size name, e.g. "S")
   model: dict = dataclasses.field(default_factory=lambda: {"variant": "S/16", "pool_type": "map"})
   dataset: str = "imagenet2012"
   train_split: str = "train"
@@ -59,17 +77,7 @@ class PretrainConfig:
   checkpoint_every: int = 1000
   log_every: int = 10
   cache_images: bool = True  # decode the upstream split into memory once (small datasets)
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "PretrainConfig":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"unknown pretrain config field(s) {unknown}; known: {sorted(known)}")
-    return cls(**d)
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
+  kind = "pretrain config"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -102,6 +110,14 @@ class Run:
   def flops_per_example(self) -> float:
     return flops.forward_flops(self.model, self.image_size)
 
+  @functools.cached_property
+  def param_count(self) -> int:
+    return vit.param_count(self.model, self.image_size)
+
+  @property
+  def model_name(self) -> str:
+    return self.config.model_name or vit.size_name(self.model) or f"w{self.model.width}d{self.model.depth}"
+
 
 def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = None, mesh=None,
               progress: bool = True) -> Run:
@@ -126,7 +142,8 @@ def _export(run: Run, params, step: int, name: str, extra: dict | None = None) -
   out_dir = run.workdir / "checkpoints"
   examples = step * run.config.batch_size
   training = {"step": step, "examples_seen": examples, "upstream_dataset": run.config.dataset,
-              "upstream_split": run.config.train_split, "config": run.config.name,
+              "upstream_split": run.config.train_split, "upstream_examples": len(run.stream.ids),
+              "config": run.config.name, "model_name": run.model_name, "params": run.param_count,
               "flops_per_example_forward": run.flops_per_example,
               "train_flops": flops.train_flops(run.model, run.image_size, examples), **(extra or {})}
   model_cfg = vit.model_config(run.model)

@@ -1,8 +1,9 @@
 """Result records: one JSON file per (checkpoint, task), written atomically, with full provenance.
 
 Schema `evalkit.result/1` (documented in README.md, "Result files"):
-  schema, checkpoint{name, path, format, weights_hash, model, featurizer}, task{name, spec_hash, spec, dataset},
-  protocol, headline{metric, value}, metrics{<k>shot: {per_seed, mean, std, loo{per_seed, mean, std, l2_reg}}},
+  schema, checkpoint{name, path, format, weights_hash, model, featurizer, training (from its card, if any)},
+  task{name, spec_hash, spec, dataset}, protocol, headline{metric, value},
+  metrics{<k>shot: {per_seed, mean, std, loo{per_seed, mean, std, l2_reg}}},
   episodes[{shots, seed, l2_reg, accuracy, loo_l2_reg, loo_accuracy, loo_errors}], loo_l2_grid, data{...},
   manifest (file name of the episode manifest), items (file name of the per-test-item outcomes, .npz),
   provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
