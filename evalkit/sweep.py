@@ -24,6 +24,7 @@ from pathlib import Path
 import tomli_w
 
 from evalkit import distributed, evaluate, fileio, pretrain, pretrain_configs, results, tasks
+from evalkit.data import source
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class SweepConfig(pretrain.ConfigFields):
 
   def lengths(self) -> list[int]:
     """Training lengths (steps) of a cell's checkpoints: each branch step plus its cooldown, and the full run."""
-    branches = sorted({int(s) for s in self.cooldown_at if 0 < int(s) < self.total_steps})
+    branches = sorted({int(s) for s in self.cooldown_at})
     return [s + self.cooldown_steps for s in branches] + [self.total_steps]
 
   def cells(self) -> list[tuple[str, int]]:
@@ -131,7 +132,7 @@ def cell_pretrain_config(config: SweepConfig, model: str, data_size: int) -> pre
     raise SweepError(str(e)) from None
 
 
-def _cell_checkpoints(run: pretrain.Run, exported: dict[str, Path]) -> dict[int, Path]:
+def _cell_checkpoints(exported: dict[str, Path]) -> dict[int, Path]:
   """{training length in steps: checkpoint directory} of the cell's cooled-down checkpoints."""
   by_length = {}
   for name, path in exported.items():
@@ -163,6 +164,8 @@ def _check_workdir(config: SweepConfig, workdir: Path) -> None:
 def _validate(config: SweepConfig) -> None:
   if not config.models or not config.data_sizes or not config.tasks:
     raise SweepError("a sweep needs at least one model, one data size and one task")
+  if any(not 0 < int(step) < config.total_steps for step in config.cooldown_at):
+    raise SweepError(f"cooldown_at {config.cooldown_at}: branch steps must lie inside (0, total_steps)")
   if config.cooldown_steps <= 0:
     raise SweepError("cooldown_steps must be > 0: every checkpoint of a sweep is cooled down")
   if len(set(config.lengths())) != len(config.lengths()):
@@ -171,14 +174,28 @@ def _validate(config: SweepConfig) -> None:
     raise SweepError(f"data sizes must be positive: {config.data_sizes}")
 
 
+def _check_data_sizes(config: SweepConfig, data_dir: str | None) -> None:
+  dataset = pretrain_configs.load(config.base).dataset
+  for n in config.data_sizes:
+    split = f"{config.data_split}[:{n}]"
+    try:
+      reader = source.open_split(dataset, split, data_dir)
+    except ValueError as e:  # e.g. a slice past the end of the split
+      raise SweepError(f"data size {n}: {dataset} {split}: {e}") from None
+    if reader.global_stop - reader.global_start != int(n):
+      raise SweepError(f"data size {n}: {dataset} {split} has only {reader.global_stop - reader.global_start} "
+                       "examples")
+
+
 def run_sweep(config: SweepConfig, workdir: str, *, data_dir: str | None = None, progress: bool = True,
               mesh=None) -> list[dict]:
   """Runs (or resumes) every cell; returns one row per cell: name, status, seconds, checkpoints."""
   workdir = Path(workdir)
   _validate(config)
   task_list = [tasks.load_task(t) for t in config.tasks]  # unknown tasks fail before any training
-  for model, n in config.cells():  # bad fields fail before any training too
+  for model, n in config.cells():  # bad fields and data sizes fail before any training too
     cell_pretrain_config(config, model, n)
+  _check_data_sizes(config, data_dir)
   _check_workdir(config, workdir)
   mesh = mesh if mesh is not None else distributed.data_mesh()
   results_dir = workdir / "results"
@@ -200,10 +217,7 @@ def _run_cell(config, workdir, model, n, task_list, settings, data_dir, progress
   t0 = time.perf_counter()
   run = pretrain.build_run(cell_pretrain_config(config, model, n), str(workdir / "runs" / cell_name(model, n)),
                            data_dir=data_dir, mesh=mesh, progress=progress)
-  if len(run.stream.ids) != n:
-    raise SweepError(f"data size {n}: {run.config.dataset} {run.config.train_split} has only "
-                     f"{len(run.stream.ids)} examples")
-  by_length = _cell_checkpoints(run, pretrain.train(run))
+  by_length = _cell_checkpoints(pretrain.train(run))
   t_train = time.perf_counter() - t0
   for steps, path in sorted(by_length.items()):
     subject = evaluate.resolve_subject(f"{path}.toml", name=checkpoint_name(model, n, steps))

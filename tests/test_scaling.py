@@ -81,7 +81,7 @@ def test_claims_follow_the_numbers():
   assert set(verdicts.values()) == {"does not hold"}, verdicts
 
 
-def test_sweep_config_lengths_cells_and_validation(tmp_path):
+def test_sweep_config_lengths_cells_and_validation(tmp_path, data_dir):
   config = sweep.default()
   assert config.lengths() == [180, 280, 480, 800]
   assert len(config.cells()) == 9
@@ -96,6 +96,12 @@ def test_sweep_config_lengths_cells_and_validation(tmp_path):
   # A branch at 720 plus its 80-step cooldown is as long as the main run: refused before any work.
   with pytest.raises(sweep.SweepError, match="repeat"):
     sweep.run_sweep(dataclasses.replace(config, cooldown_at=[720]), str(tmp_path / "w"))
+  with pytest.raises(sweep.SweepError, match="inside"):
+    sweep.run_sweep(dataclasses.replace(config, cooldown_at=[400, 800]), str(tmp_path / "w"))
+  # More upstream examples than the split holds: refused before any work, in one line.
+  with pytest.raises(sweep.SweepError, match="data size 2000: digits train"):
+    sweep.run_sweep(dataclasses.replace(sweep.quick(), data_sizes=[200, 2000]), str(tmp_path / "w"),
+                    data_dir=data_dir)
   assert not (tmp_path / "w").exists()
 
 
