@@ -9,8 +9,8 @@ Commands:
   compare A B  paired comparison of checkpoints A and B (paired bootstrap, McNemar) on their common tasks
   baseline     write a gate baseline (values and their noise) from a results directory
   gate         non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)
-  scaling sweep  a grid of pre-training runs (model sizes × data sizes × lengths), every checkpoint evaluated
-  scaling fit    the scaling law E = a·(C + d)^(−b) + c on the compute frontier, data-size curves, plots
+  scaling sweep  pre-training runs on a grid (model sizes × data sizes × lengths), every checkpoint evaluated
+  scaling fit  the law E = a·(C + d)^(−b) + c on the compute frontier, data-size curves, the paper's claims, plots
   demo         end-to-end run on the embedded data (see evalkit/demo.py)
 """
 from __future__ import annotations
@@ -53,11 +53,11 @@ flags.DEFINE_string("workdir", None, "Pre-training or sweep working directory; r
 flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear cooldown (overrides the config).")
 flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
 # Scaling studies.
-flags.DEFINE_bool("quick", False, "`scaling sweep`: the seconds-scale `quick` sweep on digits (tests, smoke runs).")
+flags.DEFINE_bool("quick", False, "`scaling sweep`: the minute-long `quick` sweep on digits (tests, smoke runs).")
 flags.DEFINE_integer("bootstrap_samples", 1000, "`scaling fit`: bootstrap refits for the CIs of the law's parameters.")
 # Regression gate.
 flags.DEFINE_string("baseline", None, "Baseline JSON (written by `evalkit baseline`).")
-flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`).")
+flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`, `scaling fit`).")
 flags.DEFINE_float("tolerance", 0.0, "Gate: absolute tolerance added to the noise margin (accuracy fraction).")
 flags.DEFINE_float("z", 1.645, "Gate: margin in standard errors of the difference (1.645: one-sided 95%).")
 flags.DEFINE_string("summary", None, "Gate: also write the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")

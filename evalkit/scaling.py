@@ -250,7 +250,7 @@ def _diff_se(p: Point, q: Point) -> float:
 @dataclasses.dataclass
 class Claim:
   claim: str
-  verdict: str  # holds | does not hold | mixed | not testable
+  verdict: str  # holds | does not hold | mixed | inconclusive (within noise) | not testable
   evidence: str
 
 
@@ -268,6 +268,9 @@ def _sample_efficiency(pts: list[Point], models: list[str]) -> Claim:
         continue
       delta, z = p.error - q.error, 1.96 * _diff_se(p, q)
       significant = abs(delta) > z > 0
+      if delta == 0:
+        tally["equal"] = tally.get("equal", 0) + 1
+        continue
       side = "larger better" if delta > 0 else "smaller better"
       tally[f"{side} ({'significant' if significant else 'within noise'})"] += 1
       if significant and delta < 0:
@@ -276,8 +279,8 @@ def _sample_efficiency(pts: list[Point], models: list[str]) -> Claim:
   if not total:
     return Claim(claim, "not testable", "no two model sizes share a data size and training length")
   share = (tally["larger better (significant)"] + tally["larger better (within noise)"]) / total
-  verdict = ("holds" if share >= 0.75 and len(reversals) <= 0.1 * total else
-             "does not hold" if share <= 0.25 else "mixed")
+  verdict = ("holds" if share >= 0.75 and tally["larger better (significant)"] and len(reversals) <= 0.1 * total
+             else "does not hold" if share <= 0.25 and reversals else "mixed")
   evidence = f"{total} comparisons of adjacent sizes: " + ", ".join(f"{k} {v}" for k, v in tally.items())
   if reversals:
     evidence += "; significant reversals: " + "; ".join(reversals)
@@ -285,7 +288,8 @@ def _sample_efficiency(pts: list[Point], models: list[str]) -> Claim:
 
 
 def _gain_claim(claim: str, gains: dict[str, tuple[float, float]], what: str) -> Claim:
-  """Gains (error drop, its se) per model in increasing size: the claim holds if they increase with size."""
+  """Gains (error drop, its se) per model in increasing size: the claim holds if they increase with size and the
+  largest model's gain exceeds the smallest's beyond noise (1.96 se); it fails if they decrease likewise."""
   if len(gains) < 2:
     return Claim(claim, "not testable", f"needs two model sizes with {what}")
   values = [g for g, _ in gains.values()]
@@ -294,7 +298,11 @@ def _gain_claim(claim: str, gains: dict[str, tuple[float, float]], what: str) ->
   span = f"largest − smallest model {100 * (g_large - g_small):+.1f} ± {100 * math.hypot(s_small, s_large):.1f}"
   increasing = all(b > a for a, b in zip(values, values[1:]))
   decreasing = all(b < a for a, b in zip(values, values[1:]))
-  verdict = "holds" if increasing else "does not hold" if decreasing else "mixed"
+  significant = abs(g_large - g_small) > 1.96 * math.hypot(s_small, s_large)
+  if increasing or decreasing:
+    verdict = ("inconclusive (within noise)" if not significant else "holds" if increasing else "does not hold")
+  else:
+    verdict = "mixed"
   return Claim(claim, verdict, f"error drop (points ± se) from {what}, smallest to largest model: {text}; {span}")
 
 
