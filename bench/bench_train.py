@@ -49,7 +49,7 @@ def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10, stage=
   jax.block_until_ready(m)
   seconds = (time.perf_counter() - t) / steps
   xla_gflop = cost["flops"] / 1e9
-  formula_gflop = 3 * flops.forward_flops(model, image_size) * batch / 1e9
+  formula_gflop = flops.train_flops(model, image_size, batch) / 1e9
   print(f"{stage:9s} {name:26s} {batch / seconds:8.1f} ex/s  {xla_gflop / seconds:6.1f} GFLOP/s (XLA count; "
         f"{formula_gflop / seconds:6.1f} by 3×forward) = {xla_gflop / seconds / peak:5.1%} of matmul peak")
 

@@ -77,7 +77,7 @@ def _user_errors():
   from evalkit import cards, checkpoints, pretrain, sweep, tasks
   from evalkit.data import source
   return (tasks.TaskError, cards.CardError, checkpoints.CheckpointError, source.DatasetNotPrepared,
-          source.DatasetUnreadable, pretrain.TrainingDiverged, sweep.SweepError)
+          source.DatasetUnreadable, pretrain.TrainingDiverged, pretrain.WorkdirMismatch, sweep.SweepError)
 
 
 def _model_kwargs() -> dict:
@@ -193,9 +193,14 @@ def cmd_gate() -> int:
     raise UsageError("--baseline is required")
   try:
     baseline = json.loads(Path(FLAGS.baseline).read_text())
-    checks = gate.run_gate(baseline, FLAGS.results_dir, z=FLAGS.z, tolerance=FLAGS.tolerance)
-  except (OSError, ValueError) as e:
+    if not isinstance(baseline.get("entries"), list):
+      raise ValueError("no `entries` list (write one with `evalkit baseline`)")
+  except (OSError, ValueError, AttributeError) as e:
     raise UsageError(f"baseline {FLAGS.baseline}: {e}") from None
+  try:
+    checks = gate.run_gate(baseline, FLAGS.results_dir, z=FLAGS.z, tolerance=FLAGS.tolerance)
+  except ValueError as e:  # a result file that is not an evalkit result, or has no standard error
+    raise UsageError(f"results {FLAGS.results_dir}: {e}") from None
   summary = gate.markdown(checks)
   print(summary)
   if FLAGS.summary:
@@ -234,7 +239,8 @@ def _scaling_fit(after_sweep: bool) -> int:
   out = FLAGS.out or (Path(FLAGS.workdir) / "scaling" if FLAGS.workdir else None)
   if out is None:
     raise UsageError("--out is required with --results_dir (or pass the sweep's --workdir)")
-  studies = scaling.analyze_all(results.load_all(results_dir), bootstrap=FLAGS.bootstrap_samples)
+  records = results.load_all(results_dir)
+  studies = scaling.analyze_all(records, bootstrap=FLAGS.bootstrap_samples)
   if not studies:
     why = (f"no scaling results in {results_dir}: every task needs checkpoints with training compute in their "
            "cards (from `evalkit pretrain` / `evalkit scaling sweep`) at ≥ 3 compute values")
@@ -244,7 +250,7 @@ def _scaling_fit(after_sweep: bool) -> int:
     raise UsageError(why)
   if jax.process_index() == 0:  # one writer in multi-process runs
     paths = scaling.write(studies, out)
-    paths["html"] = leaderboard.write(results_dir, out, studies=studies)["html"]
+    paths["html"] = leaderboard.write(results_dir, out, studies=studies, records=records)["html"]
     print("\n".join(scaling.markdown(s) for s in studies))
     for kind, path in paths.items():
       print(f"{kind}: {path}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit import results
+from evalkit import results, stats
 
 
 class CompareError(Exception):
@@ -63,10 +63,7 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
 
 def paired_bootstrap(ca: np.ndarray, cb: np.ndarray, *, resamples: int = 2000, seed: int = 0):
   """Δ's bootstrap distribution, resampling test items jointly for both checkpoints and all episodes."""
-  diff_per_item = (ca.astype(np.float64) - cb).mean(axis=0)
-  rng = np.random.default_rng(seed)
-  n = len(diff_per_item)
-  return np.array([diff_per_item[rng.integers(0, n, n)].mean() for _ in range(resamples)])
+  return stats.item_bootstrap_means((ca.astype(np.float64) - cb).mean(axis=0), resamples=resamples, seed=seed)
 
 
 def compare_task(file_a: Path, file_b: Path) -> TaskComparison:
@@ -94,12 +91,12 @@ def compare_task(file_a: Path, file_b: Path) -> TaskComparison:
 
 
 def compare(results_dir, name_a: str, name_b: str) -> tuple[list[TaskComparison], dict]:
-  dir_a, dir_b = Path(results_dir) / name_a, Path(results_dir) / name_b
-  files_a = {p.name for p in dir_a.glob("*.json") if not p.name.endswith(".episodes.json")}
-  common = sorted(files_a & {p.name for p in dir_b.glob("*.json")})
+  files_a = {p.name: p for p in results.result_files(results_dir, name_a)}
+  files_b = {p.name: p for p in results.result_files(results_dir, name_b)}
+  common = sorted(files_a.keys() & files_b.keys())
   if not common:
     raise CompareError(f"no common results for {name_a!r} and {name_b!r} in {results_dir}")
-  rows = [compare_task(dir_a / f, dir_b / f) for f in common]
+  rows = [compare_task(files_a[f], files_b[f]) for f in common]
   delta = float(np.mean([r.delta for r in rows]))
   se = math.sqrt(sum(r.se**2 for r in rows)) / len(rows)
   overall = {"tasks": len(rows), "delta": delta, "ci95": (delta - 1.96 * se, delta + 1.96 * se),

@@ -51,20 +51,23 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
                                    overwrite=True, progress=progress)
   task_list = [tasks.load_task(t) for t in task_names]
   mesh = distributed.data_mesh()
-  for subject in subjects:
-    for task, status, detail in evaluate.run(subject, task_list, settings, mesh):
-      print(f"{subject.name:12s} {task:22s} {status}: {detail}")
-
   finetune_task = tasks.load_task("digits_finetune")
-  for subject in subjects[:2]:
-    for task, status, detail in evaluate.run(subject, [finetune_task], settings, mesh):
+  failed = []
+  for subject, subject_tasks in [(s, task_list) for s in subjects] + [(s, [finetune_task]) for s in subjects[:2]]:
+    for task, status, detail in evaluate.run(subject, subject_tasks, settings, mesh):
       print(f"{subject.name:12s} {task:22s} {status}: {detail}")
+      if status == "error":
+        failed.append(f"{subject.name} / {task}: {detail}")
+  if failed:
+    print(f"evalkit: error: {failed[0]}")
+    return 1
 
   order = {s.name: i for i, s in enumerate(subjects)}
-  records = sorted((r for r in results.load_all(settings.results_dir) if r["task"]["name"] in task_names),
+  all_records = results.load_all(settings.results_dir)
+  records = sorted((r for r in all_records if r["task"]["name"] in task_names),
                    key=lambda r: order[r["checkpoint"]["name"]])
   table = report.fewshot_markdown(records)
-  ft_records = [r for r in results.load_all(settings.results_dir) if r["task"]["name"] == finetune_task.name]
+  ft_records = [r for r in all_records if r["task"]["name"] == finetune_task.name]
   ft_table = report.finetune_markdown(sorted(ft_records, key=lambda r: order[r["checkpoint"]["name"]]))
   headline = {r["checkpoint"]["name"]: r["headline"]["value"] for r in records if r["task"]["name"] == in_domain}
   gap = headline["pretrained"] - headline["random_init"]
@@ -80,7 +83,7 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   print("\n" + table)
   print(ft_table)
   print(gap_line)
-  board = leaderboard.write(settings.results_dir, out / "report")
+  board = leaderboard.write(settings.results_dir, out / "report", records=all_records)
   print(f"results: {settings.results_dir}\nsummary: {summary}\nreport: {board['html']}\n"
         f"wall time: {time.perf_counter() - start:.0f} s")
   if gap < MIN_IN_DOMAIN_GAIN:

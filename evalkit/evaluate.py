@@ -100,12 +100,6 @@ class EvalSettings:
   progress: bool = True
 
 
-def _image_size(reader, preprocess) -> tuple[int, int]:
-  """The resolution the task's preprocessing produces (the model is evaluated at it; posemb is resampled)."""
-  first = next(reader.iter_batches(1, preprocess, num_threads=1))
-  return tuple(int(s) for s in first["image"].shape[1:3])
-
-
 def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings, mesh) -> tuple[dict, dict, dict]:
   """Features of the task's train and test splits, then every (shots, seed) episode.
 
@@ -116,7 +110,7 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
   pid, pcount = jax.process_index(), jax.process_count()
   readers = {which: source.open_split(task.dataset, split, settings.data_dir, process_index=pid, process_count=pcount)
              for which, split in (("train", task.train_split), ("test", task.test_split))}
-  image_size = _image_size(readers["train"], preprocess)
+  image_size = source.output_image_size(readers["train"], preprocess)
   featurizer = subject.featurizer(image_size, representation=settings.representation, dtype=settings.dtype)
   cache = features.FeatureCache(settings.cache_dir) if settings.cache_dir else None
   feats, timings = {}, {"setup_s": time.perf_counter() - t0}

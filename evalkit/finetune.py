@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -66,10 +65,14 @@ def optimizer_config(task, lr: float) -> dict:
           "schedule": {"decay_type": task.decay_type, "warmup_steps": task.warmup_steps}}
 
 
-def _top1(model, params, reader, preprocess, mesh, batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(predicted labels, true labels, example ids) over a split, through the sharded, batch-invariant feature path."""
-  featurizer = features.model_featurizer(model, params, weights_hash="", representation="logits")
-  out = features.extract(featurizer, reader, preprocess, mesh=mesh, batch_size=batch_size, progress=False)
+def _top1(scorer: features.Featurizer, params, reader, preprocess, mesh,
+          batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(predicted labels, true labels, example ids) over a split, through the sharded, batch-invariant feature path.
+
+  `scorer` is the model's logits featurizer, built once per evaluation: the params change, its compiled forward
+  (memoised on its function) is reused for every lr, the Polyak weights and the test split."""
+  out = features.extract(dataclasses.replace(scorer, params=params), reader, preprocess, mesh=mesh,
+                         batch_size=batch_size, progress=False)
   return np.argmax(out.x, axis=1), out.labels, out.ids
 
 
@@ -84,7 +87,7 @@ class LrRun:
 
 
 def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: Path, mesh, *,
-                 stop_at: int | None = None, progress: bool = True) -> LrRun:
+                 scorer: features.Featurizer, stop_at: int | None = None, progress: bool = True) -> LrRun:
   """Fine-tunes at one lr (resuming from `workdir`), then scores minival."""
   tx, schedule = optim.make(optimizer_config(task, lr), init_params, task.total_steps)
   ema = task.polyak_decay is not None
@@ -92,8 +95,7 @@ def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: P
   state = training.restore_latest(manager, training.init_state(init_params, tx, ema=ema), mesh)
   step_fn = training.make_train_step(model, tx, mesh, loss=training.softmax_xent, num_classes=splits.num_classes,
                                      ema_decay=task.polyak_decay)
-  ids = np.arange(*splits.train_range)
-  stream = training.TrainStream(ids, task.batch_size, task.seed)
+  stream = training.TrainStream(splits.train.ids, task.batch_size, task.seed)
   every = max(1, task.total_steps // 4)
   end = task.total_steps if stop_at is None else min(stop_at, task.total_steps)
   try:
@@ -108,62 +110,67 @@ def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: P
   if end < task.total_steps:
     return run  # interrupted on purpose (tests); not scored
   preprocess = pp_lib.parse(task.pp)
-  pred, true, _ = _top1(model, state["params"], splits.minival, preprocess, mesh, task.batch_size)
+  pred, true, _ = _top1(scorer, state["params"], splits.minival, preprocess, mesh, task.batch_size)
   run.minival_top1 = float(np.mean(pred == true))
   if ema:
-    pred, true, _ = _top1(model, state["ema"], splits.minival, preprocess, mesh, task.batch_size)
+    pred, true, _ = _top1(scorer, state["ema"], splits.minival, preprocess, mesh, task.batch_size)
     run.minival_top1_polyak = float(np.mean(pred == true))
   return run
 
 
 def choose(runs: list[LrRun]) -> LrRun | None:
   """Best minival top-1 among runs that did not diverge; ties go to the earlier lr of the grid."""
-  ok = [r for r in runs if not r.diverged and r.minival_top1 is not None and math.isfinite(r.minival_top1)]
+  ok = [r for r in runs if not r.diverged and r.minival_top1 is not None]
   return max(ok, key=lambda r: r.minival_top1) if ok else None
 
 
-def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = None) -> tuple[dict, dict]:
+def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = None) -> tuple[dict, dict, dict | None]:
   """The adapter (same signature and record schema as the few-shot one): returns (record, manifest, items)."""
   if subject.is_pixels:
     raise checkpoints.CheckpointError(f"task {task.name}: fine-tuning needs a checkpoint, not raw pixels")
   t0 = time.perf_counter()
   splits = split_minival(task, settings.data_dir)
   preprocess = pp_lib.parse(task.pp)
-  image_size = tuple(int(s) for s in next(splits.test.iter_batches(1, preprocess, num_threads=1))["image"].shape[1:3])
+  image_size = source.output_image_size(splits.test, preprocess)
   model = vit.from_config({**vit.model_config(subject.model), "num_classes": splits.num_classes})
   # A new zero head for the task's classes; everything else from the checkpoint (posemb resampled if needed).
-  ckpt = checkpoints.load_checkpoint(subject.path, model=model, image_size=image_size, dont_load=("head/.*",))
+  dont_load = tuple(dict.fromkeys((*subject.dont_load, "head/.*")))  # the card's exclusions, and the old head
+  ckpt = checkpoints.load_checkpoint(subject.path, model=model, image_size=image_size, dont_load=dont_load)
+  scorer = features.model_featurizer(model, None, weights_hash="", representation="logits")
   # Keyed by what determines the runs, so a resumed run never continues from another checkpoint's or spec's state.
   workdir = (results.result_path(settings.results_dir, subject.name, task.name).with_suffix(".work") /
              f"{task.spec_hash}_{ckpt.weights_hash[:12]}")
 
-  runs = [train_one_lr(model, ckpt.params, task, splits, lr, workdir / f"lr_{lr:g}", mesh, stop_at=stop_at,
-                       progress=settings.progress) for lr in task.lr_grid]
+  runs = []
+  for lr in task.lr_grid:
+    runs.append(train_one_lr(model, ckpt.params, task, splits, lr, workdir / f"lr_{lr:g}", mesh, scorer=scorer,
+                             stop_at=stop_at, progress=settings.progress))
+    for r in runs:  # only the best run so far keeps its train state in memory
+      if r is not choose(runs):
+        r.state = None
   best = choose(runs)
   metrics, items = {}, {}
   if best is not None:
     for key, params in (("top1", best.state["params"]), ("top1_polyak", best.state.get("ema"))):
       if params is None:
         continue
-      pred, true, ids = _top1(model, params, splits.test, preprocess, mesh, task.batch_size)
+      pred, true, ids = _top1(scorer, params, splits.test, preprocess, mesh, task.batch_size)
       items.update({"test_ids": ids, "test_labels": true.astype(np.int32), f"predictions_{key}": pred.astype(np.int32)})
-      correct = pred == true
-      lo, hi = stats.bootstrap_ci(correct)
-      metrics[key] = {"value": float(correct.mean()), "ci95": [lo, hi], "n": int(len(correct))}
+      metrics[key] = stats.bootstrap_interval(pred == true)
   record = {
       "schema": results.SCHEMA,
       "checkpoint": subject.describe(image_size, ckpt),
       "task": {"name": task.name, "spec_hash": task.spec_hash, "spec": task.spec(),
                "dataset": source.dataset_fingerprint(splits.test)},
       "protocol": task.protocol,
-      "headline": {"metric": "top1", "value": metrics.get("top1", {}).get("value")},
+      "headline": {"metric": task.headline_metric, "value": metrics.get(task.headline_metric, {}).get("value")},
       "metrics": metrics,
       "chosen_lr": best.lr if best else None,
       "lr_curve": [{"lr": r.lr, "diverged": r.diverged, "diverged_at_step": r.diverged_at,
                     "minival_top1": r.minival_top1, "minival_top1_polyak": r.minival_top1_polyak} for r in runs],
       "data": {"image_size": list(image_size), "num_classes": splits.num_classes,
                "train_ids": list(splits.train_range), "minival_ids": list(splits.minival_range),
-               "n_test": len(splits.test) if jax.process_count() == 1 else sum(splits.test.shard_sizes)},
+               "n_test": sum(splits.test.shard_sizes)},
       "provenance": results.provenance(),
       "timings": {"total_s": time.perf_counter() - t0},
   }

@@ -22,11 +22,9 @@ def _metric_entries(record: dict) -> list[dict]:
   """(metric, value, se) of a result record: every k-shot mean for few-shot, top-1 for fine-tuning."""
   out = []
   for metric, m in record["metrics"].items():
-    if "mean" in m:  # few-shot: mean over seeds
-      se = m.get("se", m["std"] / math.sqrt(max(1, len(m["per_seed"]) - 1)))
-      out.append({"metric": metric, "value": m["mean"], "se": se})
-    elif "value" in m:  # fine-tune: top-1 with a bootstrap CI
-      out.append({"metric": metric, "value": m["value"], "se": (m["ci95"][1] - m["ci95"][0]) / (2 * 1.96)})
+    value = m["mean"] if "mean" in m else m.get("value")  # few-shot: mean over seeds; fine-tune: top-1
+    if value is not None:
+      out.append({"metric": metric, "value": value, "se": results.metric_se(m)})
   return out
 
 

@@ -26,6 +26,7 @@ class Cell:
   value: float
   ci95: tuple[float, float] | None
   spec_hash: str
+  se: float | None = None
   published: float | None = None  # percent, from the checkpoint card
   rank: int | None = None
   mismatch: bool = False
@@ -47,13 +48,12 @@ class Board:
 
 
 def _headline_cell(record: dict) -> tuple[str, Cell] | None:
-  metric = record["headline"]["metric"]
+  metric, value = record["headline"]["metric"], record["headline"]["value"]
   m = record["metrics"].get(metric)
-  if not m:
+  if not m or value is None:
     return None
-  value = m["mean"] if "mean" in m else m["value"]
   ci = tuple(m["ci95"]) if "ci95" in m else None
-  return metric, Cell(value, ci, record["task"]["spec_hash"])
+  return metric, Cell(value, ci, record["task"]["spec_hash"], se=results.metric_se(m) if ci else None)
 
 
 def _published(record: dict, task: str, metric: str, card_cache: dict) -> float | None:
@@ -87,29 +87,33 @@ def build(records: list[dict]) -> Board:
     in_column = [(row, cells[(row, column)]) for row in rows if (row, column) in cells]
     reference = collections.Counter(c.spec_hash for _, c in in_column).most_common(1)[0][0]
     ranked = sorted((c for _, c in in_column if c.spec_hash == reference), key=lambda c: -c.value)
-    for i, c in enumerate(ranked):
-      c.rank = 1 + sum(1 for other in ranked[:i] if other.value > c.value)  # ties share a rank
+    _rank(ranked)
     for _, c in in_column:
       c.mismatch = c.spec_hash != reference
   return Board(rows, columns, cells, records, _suite_means(rows, columns, cells))
 
 
+def _rank(cells: list[Cell]) -> None:
+  """Ranks cells by value, best first; ties share a rank."""
+  ranked = sorted(cells, key=lambda c: -c.value)
+  for i, c in enumerate(ranked):
+    c.rank = 1 + sum(1 for other in ranked[:i] if other.value > c.value)
+
+
 def _suite_means(rows, columns, cells) -> dict[str, Cell]:
   """Mean over all columns for rows that have every column under its reference spec; the CI propagates the cells'
-  standard errors (taken from their 95% intervals) as independent: se = sqrt(Σ se²) / T."""
+  standard errors as independent: se = sqrt(Σ se²) / T."""
   if len(columns) < 2:
     return {}
   means = {}
   for row in rows:
     got = [cells.get((row, c)) for c in columns]
-    if any(c is None or c.mismatch or c.ci95 is None for c in got):
+    if any(c is None or c.mismatch or c.se is None for c in got):
       continue
     value = sum(c.value for c in got) / len(got)
-    se = sum(((c.ci95[1] - c.ci95[0]) / (2 * 1.96)) ** 2 for c in got) ** 0.5 / len(got)
-    means[row] = Cell(value, (value - 1.96 * se, value + 1.96 * se), spec_hash="suite")
-  ranked = sorted(means.values(), key=lambda c: -c.value)
-  for i, c in enumerate(ranked):
-    c.rank = 1 + sum(1 for other in ranked[:i] if other.value > c.value)
+    se = sum(c.se**2 for c in got) ** 0.5 / len(got)
+    means[row] = Cell(value, (value - 1.96 * se, value + 1.96 * se), spec_hash="suite", se=se)
+  _rank(list(means.values()))
   return means
 
 
@@ -172,7 +176,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       ax.set_xticks(shots, [str(k) for k in shots])
     if len({r["checkpoint"]["name"] for r in fewshot}) <= 12:  # beyond that a legend hides the plot
       axes[0][0].legend(fontsize=8)
-    out.append(("Few-shot accuracy vs shots", plotting.data_uri(fig)))
+    out.append(("Few-shot accuracy vs shots", plotting.data_uri(plotting.png_bytes(fig))))
     plt.close(fig)
   both = collections.defaultdict(dict)
   for r in records:
@@ -185,7 +189,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       ax.scatter([x], [y])
       ax.annotate(name, (x, y), fontsize=8)
     ax.set(xlabel="mean few-shot headline %", ylabel="mean fine-tune top-1 %", title="Few-shot vs fine-tune")
-    out.append(("Few-shot vs fine-tune", plotting.data_uri(fig)))
+    out.append(("Few-shot vs fine-tune", plotting.data_uri(plotting.png_bytes(fig))))
     plt.close(fig)
   return out
 
@@ -241,10 +245,11 @@ def html_page(board: Board, title: str = "evalkit leaderboard", studies=None) ->
           f"<script>{_JS}</script></body></html>")
 
 
-def write(results_dir, out_dir, studies=None) -> dict[str, Path]:
+def write(results_dir, out_dir, studies=None, records=None) -> dict[str, Path]:
   """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths. The page includes a
-  scaling section (plots, fitted law, claims) when the results come from a scaling study (see evalkit.scaling)."""
-  board = build(results.load_all(results_dir))
+  scaling section (plots, fitted law, claims) when the results come from a scaling study (see evalkit.scaling).
+  `records`: the directory's results when the caller has loaded them already."""
+  board = build(records if records is not None else results.load_all(results_dir))
   out_dir = Path(out_dir)
   paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
            "html": out_dir / "leaderboard.html"}

@@ -313,7 +313,8 @@ def describe(config) -> str:
   sched = _schedule_settings(_get(config, "schedule"))
   clip_norm = _get(config, "grad_clip_norm")
   wd = float(_get(config, "wd", 0.0))
-  wd_mults = list(_get(config, "wd_mults") or DEFAULT_WD_MULTS)
+  wd_mults = _get(config, "wd_mults")
+  wd_mults = list(DEFAULT_WD_MULTS if wd_mults is None else wd_mults)
   links = [
       f"clip_by_global_norm({clip_norm})" if clip_norm else "no grad clip",
       f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})",

@@ -19,5 +19,5 @@ def png_bytes(fig, dpi: int = 90) -> bytes:
   return buf.getvalue()
 
 
-def data_uri(fig) -> str:
-  return "data:image/png;base64," + base64.b64encode(png_bytes(fig)).decode()
+def data_uri(png: bytes) -> str:
+  return "data:image/png;base64," + base64.b64encode(png).decode()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,12 @@ from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
 
+log = logging.getLogger(__name__)
 TrainingDiverged = training.TrainingDiverged  # re-exported: the pretrain command's NaN error
+
+
+class WorkdirMismatch(Exception):
+  """A workdir whose saved state does not fit the config (one line)."""
 
 
 class ConfigFields:
@@ -78,6 +84,16 @@ class PretrainConfig(ConfigFields):
   log_every: int = 10
   cache_images: bool = True  # decode the upstream split into memory once (small datasets)
   kind = "pretrain config"
+
+  def __post_init__(self):
+    # A branch must end by total_steps: past it the main schedule's own cooldown ramp turns negative.
+    cooldown = int(self.schedule.get("cooldown_steps", 0))
+    if self.cooldown_at and cooldown <= 0:
+      raise ValueError("cooldown_at needs schedule.cooldown_steps > 0 (the length of each branch's cooldown)")
+    bad = [s for s in self.cooldown_at if not 0 < int(s) <= self.total_steps - cooldown]
+    if bad:
+      raise ValueError(f"cooldown_at {bad}: a branch plus its {cooldown}-step cooldown must end inside the run "
+                       f"(0 < step ≤ total_steps − cooldown_steps = {self.total_steps - cooldown})")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -148,8 +164,7 @@ def _export(run: Run, params, step: int, name: str, extra: dict | None = None) -
               "train_flops": flops.train_flops(run.model, run.image_size, examples), **(extra or {})}
   model_cfg = vit.model_config(run.model)
   if jax.process_index() == 0:
-    host_params = jax.tree.map(np.asarray, params)
-    checkpoints.save_orbax(out_dir / name, host_params, {"model": model_cfg, "training": training}, overwrite=True)
+    checkpoints.save_orbax(out_dir / name, params, {"model": model_cfg, "training": training}, overwrite=True)
     card = {"name": f"{run.config.name}_{name}", "description": f"{run.config.name}: {name} of evalkit pretrain",
             "format": "orbax", "path": name, "resolution": run.image_size[0],
             "source": f"evalkit pretrain, config {run.config.name!r}, upstream {run.config.dataset} "
@@ -178,11 +193,12 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   fileio.atomic_write(run.workdir / "config.toml", lambda f: f.write(config_toml))
   params = init_params(run.model, run.image_size, cfg.seed, cfg.head_bias_init)
   tx, schedule = optim.make(cfg.to_dict(), params, cfg.total_steps)
+  log.info("%s: optimizer %s", cfg.name, optim.describe(cfg.to_dict()))
   manager = training.state_manager(run.workdir / "state")
   state = training.restore_latest(manager, training.init_state(params, tx), run.mesh)
 
   end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
-  branch_steps = sorted({int(s) for s in cfg.cooldown_at if 0 < int(s) <= cfg.total_steps})
+  branch_steps = sorted({int(s) for s in cfg.cooldown_at})  # validated by PretrainConfig
   save_steps = set(range(cfg.checkpoint_every, cfg.total_steps + 1, cfg.checkpoint_every))
   save_steps |= {cfg.total_steps, end, *branch_steps}
   step_fn = _train_step(run, tx)
@@ -206,7 +222,10 @@ def _branch(run: Run, main_state, branch_step: int) -> Path:
   name = f"cooldown_{branch_step}"
   if (run.workdir / "checkpoints" / f"{name}.toml").exists():
     return run.workdir / "checkpoints" / name  # finished before an interruption
-  cooldown = int(cfg.schedule.get("cooldown_steps", 0)) or max(1, branch_step // 5)
+  if int(main_state["step"]) != branch_step:  # e.g. a branch step added to a workdir already trained past it
+    raise WorkdirMismatch(f"{run.workdir}: cannot branch at step {branch_step}, the run's state is at step "
+                          f"{int(main_state['step'])}; use a new --workdir")
+  cooldown = int(cfg.schedule["cooldown_steps"])
   tx, schedule = optim.make(cfg.to_dict(), main_state["params"], cfg.total_steps, branch=(branch_step, cooldown))
   state = jax.tree.map(jnp.copy, main_state)  # the train step donates its input; the main run keeps its own
   end = branch_step + cooldown

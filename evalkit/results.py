@@ -71,8 +71,25 @@ def load(path: str | os.PathLike) -> dict:
   return record
 
 
+def result_files(results_dir: str | os.PathLike, checkpoint_name: str = "*") -> list[Path]:
+  """Result JSON files of one checkpoint (by its name as given to `result_path`), or of all with "*"."""
+  folder = "*" if checkpoint_name == "*" else _safe(checkpoint_name)
+  return [p for p in sorted(Path(results_dir).glob(f"{folder}/*.json")) if not p.name.endswith(".episodes.json")]
+
+
 def load_all(results_dir: str | os.PathLike) -> list[dict]:
-  return [load(p) for p in sorted(Path(results_dir).glob("*/*.json")) if not p.name.endswith(".episodes.json")]
+  return [load(p) for p in result_files(results_dir)]
+
+
+def metric_se(metric: dict) -> float:
+  """Standard error of a metric entry: its `se`; for fine-tune results written before `se` was recorded, from the
+  width of their percentile-bootstrap 95% CI (≈ normal). Few-shot `ci95` are Student t intervals, so they always
+  carry `se` and are never converted."""
+  if "se" in metric:
+    return float(metric["se"])
+  if "ci95" in metric and "value" in metric:
+    return (metric["ci95"][1] - metric["ci95"][0]) / (2 * 1.96)
+  raise ValueError(f"metric {sorted(metric)} has no standard error: re-run `evalkit eval --overwrite`")
 
 
 def _git_sha() -> str | None:

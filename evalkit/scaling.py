@@ -17,6 +17,7 @@ Inputs are ordinary result records (evalkit.result/1) of checkpoints whose card 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import math
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import Iterable
 
 import numpy as np
 from scipy import optimize
+
+from evalkit import results
 
 MIN_FIT_POINTS = 5  # four parameters: at least one residual degree of freedom
 
@@ -42,15 +45,7 @@ class Point:
   examples_seen: int
   compute: float  # training FLOPs
   error: float  # 1 − headline accuracy
-  se: float | None  # standard error of the accuracy, where the record has one
-
-
-def _se(metric: dict) -> float | None:
-  if "se" in metric:
-    return float(metric["se"])
-  if "ci95" in metric:
-    return (metric["ci95"][1] - metric["ci95"][0]) / (2 * 1.96)
-  return None
+  se: float  # standard error of the accuracy
 
 
 def points(records: Iterable[dict], task: str) -> list[Point]:
@@ -58,15 +53,14 @@ def points(records: Iterable[dict], task: str) -> list[Point]:
   out = []
   for r in records:
     training = r["checkpoint"].get("training") or {}
-    metric = r["metrics"].get(r["headline"]["metric"]) or {}
-    value = metric.get("mean", metric.get("value"))
+    value = r["headline"]["value"]
     if r["task"]["name"] != task or not training.get("train_flops") or value is None:
       continue  # not from a training run, or untrained (step 0: no compute to put on a log axis)
     out.append(Point(
         checkpoint=r["checkpoint"]["name"], model=str(training.get("model_name") or r["checkpoint"]["name"]),
         params=int(training.get("params", 0)), data_size=int(training.get("upstream_examples", 0)),
         examples_seen=int(training.get("examples_seen", 0)), compute=float(training["train_flops"]),
-        error=1.0 - float(value), se=_se(metric)))
+        error=1.0 - float(value), se=results.metric_se(r["metrics"][r["headline"]["metric"]])))
   return out
 
 
@@ -341,6 +335,15 @@ class TaskScaling:
   data_fits: dict[str, LawFit]  # model -> fit of error vs data size (models with ≥ MIN_FIT_POINTS sizes)
   claims: list[Claim]
 
+  @functools.cached_property
+  def png(self) -> bytes:
+    """The study's figure (see `plot`), rendered once for both the PNG file and the HTML page."""
+    from evalkit import plotting  # pylint: disable=g-import-not-at-top
+    fig = plot(self)
+    data = plotting.png_bytes(fig, dpi=100)
+    plotting.pyplot().close(fig)
+    return data
+
   def to_dict(self) -> dict:
     return {"task": self.task, "metric": self.metric, "points": [dataclasses.asdict(p) for p in self.points],
             "frontier": [p.checkpoint for p in self.frontier], "fit": self.fit.to_dict() if self.fit else None,
@@ -363,8 +366,8 @@ def analyze(records: list[dict], task: str, *, bootstrap: int = 1000, seed: int 
     if len(curve) >= MIN_FIT_POINTS:
       try:
         data_fits[m] = fit_law([p.data_size for p in curve], [p.error for p in curve], bootstrap=bootstrap, seed=seed)
-      except FitError:
-        pass
+      except FitError as e:
+        note += f"{'; ' if note else ''}{m}: error vs data size not fitted ({e})"
   return TaskScaling(task, metric, pts, frontier, fit, note, data_fits, claims(pts))
 
 
@@ -474,9 +477,7 @@ def html_section(studies: list[TaskScaling]) -> str:
            "E = a·(C + d)<sup>−b</sup> + c is fitted to the compute Pareto frontier (95% CIs by residual bootstrap)."
            "</p>"]
   for s in studies:
-    fig = plot(s)
-    parts.append(f"<h3>{esc(s.task)}</h3><img alt=\"scaling {esc(s.task)}\" src=\"{plotting.data_uri(fig)}\">")
-    plotting.pyplot().close(fig)
+    parts.append(f"<h3>{esc(s.task)}</h3><img alt=\"scaling {esc(s.task)}\" src=\"{plotting.data_uri(s.png)}\">")
     if s.fit:
       rows = "".join(f"<tr><td>{k}</td><td>{_num(getattr(s.fit, k))}</td><td>[{_num(s.fit.ci95[k][0])}, "
                      f"{_num(s.fit.ci95[k][1])}]</td><td>{100 * s.fit.at_bound[k]:.0f}%"
@@ -495,16 +496,13 @@ def html_section(studies: list[TaskScaling]) -> str:
 
 def write(studies: list[TaskScaling], out_dir) -> dict[str, Path]:
   """scaling.md, scaling.json and one PNG per task in `out_dir` (atomically); returns their paths."""
-  from evalkit import fileio, plotting  # pylint: disable=g-import-not-at-top
+  from evalkit import fileio  # pylint: disable=g-import-not-at-top
   out_dir = Path(out_dir)
   paths = {"markdown": out_dir / "scaling.md", "json": out_dir / "scaling.json"}
   text = "# Scaling\n\n" + "\n".join(markdown(s) for s in studies)
   fileio.atomic_write(paths["markdown"], lambda f: f.write(text.encode()))
   fileio.atomic_write_json(paths["json"], {"studies": [s.to_dict() for s in studies]})
   for s in studies:
-    fig = plot(s)
-    data = plotting.png_bytes(fig, dpi=110)
-    plotting.pyplot().close(fig)
     paths[f"plot:{s.task}"] = out_dir / f"scaling_{s.task}.png"
-    fileio.atomic_write(paths[f"plot:{s.task}"], lambda f, d=data: f.write(d))
+    fileio.atomic_write(paths[f"plot:{s.task}"], lambda f, png=s.png: f.write(png))
   return paths

@@ -4,25 +4,31 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(correct: np.ndarray, *, level: float = 0.95, resamples: int = 2000, seed: int = 0,
-                 chunk: int = 250) -> tuple[float, float]:
-  """Percentile bootstrap CI of the mean of per-item outcomes (0/1), resampling test items with replacement.
+def item_bootstrap_means(per_item: np.ndarray, *, resamples: int = 1000, seed: int = 0,
+                         chunk: int = 250) -> np.ndarray:
+  """Bootstrap distribution of the mean of per-item values, resampling test items with replacement.
 
-  Deterministic given `seed`; memory is bounded by drawing `chunk` resamples at a time.
+  The one resampling loop of evalkit (CIs, variances, paired differences). Deterministic given `seed`; memory is
+  bounded by drawing `chunk` resamples at a time.
   """
-  correct = np.asarray(correct, np.float64)
-  n = len(correct)
-  if n == 0:
-    return float("nan"), float("nan")
+  per_item = np.asarray(per_item, np.float64)
+  n = len(per_item)
   rng = np.random.default_rng(seed)
-  means = []
-  for start in range(0, resamples, chunk):
-    idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
-    means.append(correct[idx].mean(axis=1))
-  means = np.concatenate(means)
+  means = [per_item[rng.integers(0, n, size=(min(chunk, resamples - start), n))].mean(axis=1)
+           for start in range(0, resamples, chunk)]
+  return np.concatenate(means)
+
+
+def bootstrap_interval(correct: np.ndarray, *, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> dict:
+  """Accuracy of per-item outcomes (0/1) with its bootstrap standard error and percentile CI."""
+  correct = np.asarray(correct, np.float64)
+  if len(correct) == 0:
+    return {"value": float("nan"), "se": float("nan"), "ci95": [float("nan"), float("nan")], "n": 0}
+  means = item_bootstrap_means(correct, resamples=resamples, seed=seed)
   alpha = (1.0 - level) / 2
   lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-  return float(lo), float(hi)
+  return {"value": float(correct.mean()), "se": float(means.std(ddof=1)), "ci95": [float(lo), float(hi)],
+          "n": int(len(correct))}
 
 
 def item_bootstrap_var(correct: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> float:
@@ -30,12 +36,8 @@ def item_bootstrap_var(correct: np.ndarray, *, resamples: int = 1000, seed: int 
 
   Items are resampled jointly for every seed (the seeds were scored on the same items).
   """
-  correct = np.atleast_2d(np.asarray(correct, np.float64))
-  per_item = correct.mean(axis=0)  # mean over seeds, per item: the resampling unit
-  rng = np.random.default_rng(seed)
-  n = per_item.shape[0]
-  means = np.array([per_item[rng.integers(0, n, n)].mean() for _ in range(resamples)])
-  return float(means.var(ddof=1))
+  per_item = np.atleast_2d(np.asarray(correct, np.float64)).mean(axis=0)  # mean over seeds: the resampling unit
+  return float(item_bootstrap_means(per_item, resamples=resamples, seed=seed).var(ddof=1))
 
 
 def accuracy_interval(correct: np.ndarray, *, level: float = 0.95, resamples: int = 1000, seed: int = 0) -> dict:

@@ -151,7 +151,8 @@ def run_loop(state, step_fn, reader, preprocess, stream: TrainStream, end: int, 
         where = f"step {last_good} in {manager.directory}" if last_good is not None else "none"
         raise TrainingDiverged(f"{label}: loss became {loss} at step {done}; last good checkpoint: {where}", done)
       examples = (done - first) * stream.batch_size
-      bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(schedule(done - 1)):.2e}",
+      bar.set_postfix(loss=f"{loss:.4f}", grad_norm=f"{float(metrics['grad_norm']):.3g}",
+                      lr=f"{float(schedule(done - 1)):.2e}",
                       ex_s=f"{examples / (time.perf_counter() - t0):.0f}")
     bar.update(1)
     if done in save_steps:

@@ -32,5 +32,5 @@ def test_paper_scale_sanity():
   # ViT-B/16 at 224 px is commonly quoted at 17.6 G multiply-adds per image, i.e. ≈ 35 GFLOPs in our convention.
   b16 = flops.forward_flops(vit.ViT(variant="B/16", pool_type="tok", num_classes=1000), (224, 224))
   assert 34e9 < b16 < 36e9
-  assert flops.train_flops(vit.ViT(variant="B/16"), (224, 224), 10) == pytest.approx(
-      30 * flops.forward_flops(vit.ViT(variant="B/16"), (224, 224)))
+  # Training on 10 images: forward + backward ≈ 3 forwards each, ≈ 1.05 TFLOPs.
+  assert 1.0e12 < flops.train_flops(vit.ViT(variant="B/16"), (224, 224), 10) < 1.1e12

@@ -51,7 +51,11 @@ def test_markdown_and_csv(results_dir, tmp_path):
   digits, heldout = board.cells[("pixels", ("digits", "10shot"))], board.cells[("pixels", ("digits_heldout", "10shot"))]
   mean = board.suite_mean["pixels"]
   assert mean.value == pytest.approx((digits.value + heldout.value) / 2)
-  assert mean.ci95[1] - mean.ci95[0] < max(digits.ci95[1] - digits.ci95[0], heldout.ci95[1] - heldout.ci95[0])
+  stored_se = {r["task"]["name"]: r["metrics"]["10shot"]["se"] for r in results.load_all(results_dir)
+               if r["checkpoint"]["name"] == "pixels"}
+  assert digits.se == stored_se["digits"] and heldout.se == stored_se["digits_heldout"]
+  assert mean.se == pytest.approx((digits.se**2 + heldout.se**2) ** 0.5 / 2)
+  assert mean.ci95 == pytest.approx((mean.value - 1.96 * mean.se, mean.value + 1.96 * mean.se))
   assert "other_spec" not in board.suite_mean  # its digits cell is not comparable
   rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
   by_name = {r["checkpoint"]: r for r in rows if r["task"] == "digits"}

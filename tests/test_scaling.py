@@ -100,7 +100,7 @@ def test_sweep_config_lengths_cells_and_validation(tmp_path, data_dir):
   # A branch at 720 plus its 80-step cooldown is as long as the main run: refused before any work.
   with pytest.raises(sweep.SweepError, match="repeat"):
     sweep.run_sweep(dataclasses.replace(config, cooldown_at=[720]), str(tmp_path / "w"))
-  with pytest.raises(sweep.SweepError, match="inside"):
+  with pytest.raises(sweep.SweepError, match="must end inside the run"):
     sweep.run_sweep(dataclasses.replace(config, cooldown_at=[400, 800]), str(tmp_path / "w"))
   # More upstream examples than the split holds: refused before any work, in one line.
   with pytest.raises(sweep.SweepError, match="data size 2000: digits train"):

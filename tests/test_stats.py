@@ -4,12 +4,12 @@ import numpy as np
 from evalkit import stats
 
 
-def test_bootstrap_ci_covers_the_truth_at_the_nominal_rate():
+def test_bootstrap_interval_covers_the_truth_at_the_nominal_rate():
   rng = np.random.default_rng(0)
   covered = 0
   for i in range(200):
     sample = rng.random(400) < 0.7
-    lo, hi = stats.bootstrap_ci(sample, resamples=500, seed=i)
+    lo, hi = stats.bootstrap_interval(sample, resamples=500, seed=i)["ci95"]
     covered += lo <= 0.7 <= hi
   assert 0.90 <= covered / 200 <= 0.99
 

@@ -484,6 +484,12 @@ def open_split(name: str, split: str, data_dir: str | None = None, *,
       process_count=process_count, builder=builder)
 
 
+def output_image_size(reader, preprocess) -> tuple[int, int]:
+  """The (height, width) that `preprocess` makes of the split's images (a model is evaluated at it)."""
+  first = next(reader.iter_batches(1, preprocess, num_threads=1))
+  return tuple(int(s) for s in first["image"].shape[1:3])
+
+
 def dataset_fingerprint(reader: SplitReader) -> dict[str, Any]:
   """Identifies the examples a split spec denotes, for cache keys.
 
@@ -540,7 +546,11 @@ class ArrayReader:
     return self.labels[self._rows(self.ids)]
 
   def _rows(self, ids: np.ndarray) -> np.ndarray:
-    return np.searchsorted(self.example_ids, ids)
+    rows = np.minimum(np.searchsorted(self.example_ids, ids), len(self.example_ids) - 1)
+    if not np.array_equal(self.example_ids[rows], ids):  # searchsorted alone would map them to a neighbour
+      missing = np.setdiff1d(ids, self.example_ids)
+      raise ValueError(f"example ids not in this in-memory split, e.g. {missing[:5].tolist()}")
+    return rows
 
   def _batch(self, ids: np.ndarray, preprocess, seed) -> dict[str, np.ndarray]:
     examples = [{"image": self.images[r], "label": self.labels[r]} for r in self._rows(ids)]
