@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +33,7 @@ import ml_dtypes
 import numpy as np
 import scipy.ndimage
 
+from evalkit import fileio
 from evalkit.models import vit
 
 META_FILENAME = "evalkit_meta.json"
@@ -202,22 +202,6 @@ def read_npz(path: str | os.PathLike, *,
   return canonicalize(flat, spec) if canonical else flat
 
 
-def _atomic_write(path: str, write_fn) -> None:
-  """Writes via a temp file in the same directory + os.replace (atomic)."""
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.",
-                             suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write_fn(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def _numeric_arrays(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
   """Flat numpy copy of params; refuses what could not be read back safely."""
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
@@ -236,7 +220,7 @@ def save_npz(path: str | os.PathLike, params: Mapping[str, Any]) -> None:
   way numpy stores them (2-byte void), as big_vision does; `read_npz` undoes it.
   """
   flat = _numeric_arrays(params)
-  _atomic_write(os.fspath(path), lambda f: np.savez(f, **flat))
+  fileio.atomic_write(os.fspath(path), lambda f: np.savez(f, **flat))
 
 
 def save_orbax(path: str | os.PathLike, params: Mapping[str, Any],
@@ -258,7 +242,7 @@ def save_orbax(path: str | os.PathLike, params: Mapping[str, Any],
   ocp.PyTreeCheckpointer().save(path, tree, force=overwrite)
   if metadata is not None:
     text = json.dumps(metadata, indent=2, sort_keys=True)
-    _atomic_write(os.path.join(path, META_FILENAME),
+    fileio.atomic_write(os.path.join(path, META_FILENAME),
                   lambda f: f.write(text.encode()))
 
 
@@ -652,7 +636,7 @@ def load_checkpoint(path: str | os.PathLike, *, model, image_size=(224, 224),
 
 def load_params(path: str | os.PathLike, *, model, image_size=(224, 224),
                 dont_load: Iterable[str] = ()) -> dict:
-  """Params of `load_checkpoint(...)`: the stable public API (DESIGN.md §3)."""
+  """Params of `load_checkpoint(...)`: part of evalkit's stable public API."""
   return load_checkpoint(path, model=model, image_size=image_size,
                          dont_load=dont_load).params
 

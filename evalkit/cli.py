@@ -1,17 +1,6 @@
-"""The `evalkit` command (absl flags): `evalkit <command> [--flags]`.
+"""The `evalkit` command (absl flags): `evalkit <command> [--flags]`; `evalkit <command> --help` lists its flags.
 
-Commands:
-  eval         evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task
-  tasks        list task specs and whether their data is available
-  checkpoints  list checkpoint cards and whether their files exist
-  pretrain     pre-train a ViT with the paper's recipe; writes checkpoints with cards
-  report       leaderboard of a results directory: Markdown, CSV and a self-contained HTML page (--out)
-  compare A B  paired comparison of checkpoints A and B (paired bootstrap, McNemar) on their common tasks
-  baseline     write a gate baseline (values and their noise) from a results directory
-  gate         non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)
-  scaling sweep  pre-training runs on a grid (model sizes × data sizes × lengths), every checkpoint evaluated
-  scaling fit  the law E = a·(C + d)^(−b) + c on the compute frontier, data-size curves, the paper's claims, plots
-  demo         end-to-end run on the embedded data (see evalkit/demo.py)
+The commands and what each does are in `SUMMARIES` below (that is what `evalkit --help` prints).
 """
 from __future__ import annotations
 
@@ -66,6 +55,56 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("distributed_auto", False, "Call jax.distributed.initialize() with JAX's cluster auto-detection.")
+
+
+SUMMARIES = {
+    "eval": "evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task",
+    "tasks": "list task specs and whether their data is available",
+    "checkpoints": "list checkpoint cards and whether their files exist",
+    "pretrain": "pre-train a ViT with the paper's recipe; writes checkpoints with cards (rerun to resume)",
+    "report": "leaderboard of a results directory: Markdown, CSV and a self-contained HTML page (--out)",
+    "compare": "`compare A B`: paired comparison of checkpoints A and B (paired bootstrap, McNemar)",
+    "baseline": "write a gate baseline (values and their noise) from a results directory",
+    "gate": "non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)",
+    "scaling": "`scaling sweep`: pre-train and evaluate a grid of models × data sizes × lengths; "
+               "`scaling fit`: the law E = a·(C + d)^(−b) + c on the compute frontier, the paper's claims, plots",
+    "demo": "end to end on the embedded data: pre-train, few-shot and fine-tune tables, HTML report",
+}
+_MULTI_HOST = ["coordinator_address", "num_processes", "process_id", "distributed_auto"]
+COMMAND_FLAGS = {  # the flags each command reads, for `evalkit <command> --help`
+    "eval": ["checkpoint", "name", "tasks", "tasks_dir", "cards_dir", "variant", "pool_type", "posemb", "rep_size",
+             "data_dir", "results_dir", "cache_dir", "batch_size", "representation", "dtype", "loo", "overwrite",
+             "progress", *_MULTI_HOST],
+    "tasks": ["tasks_dir", "data_dir"],
+    "checkpoints": ["cards_dir"],
+    "pretrain": ["config", "workdir", "cooldown_at", "total_steps", "data_dir", "progress", *_MULTI_HOST],
+    "report": ["results_dir", "out"],
+    "compare": ["results_dir"],
+    "baseline": ["results_dir", "out"],
+    "gate": ["baseline", "results_dir", "z", "tolerance", "summary"],
+    "scaling": ["config", "quick", "workdir", "data_dir", "results_dir", "out", "bootstrap_samples", "progress",
+                *_MULTI_HOST],
+    "demo": ["results_dir", "data_dir", "progress"],
+}
+HELP_ARGS = ("-h", "-help", "--help", "--helpshort")
+
+
+def help_text(command: str | None) -> str:
+  """The command's usage and flags (or, without a command, the command list)."""
+  lines = []
+  if command:
+    positional = {"compare": " A B", "scaling": " sweep|fit"}.get(command, "")
+    lines += [f"usage: evalkit {command}{positional} [--flags]", f"  {SUMMARIES[command]}", "", "flags:"]
+    for name in COMMAND_FLAGS[command]:
+      flag = FLAGS[name]
+      lines.append(f"  --{name}: {' '.join(flag.help.split())} (default: {flag.default_as_str or 'none'})")
+    lines.append("")
+  else:
+    lines += ["usage: evalkit <command> [--flags]", ""]
+  lines.append("commands:")
+  lines += [f"  {name:12s} {summary}" for name, summary in SUMMARIES.items()]
+  lines.append("`evalkit <command> --help` lists a command's flags; `evalkit --helpfull` every flag.")
+  return "\n".join(lines)
 
 
 class UsageError(Exception):
@@ -273,8 +312,7 @@ def main(argv: list[str]) -> int:
   logging.getLogger("evalkit").setLevel(logging.INFO)  # our progress and throughput lines
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) - 2 != POSITIONAL.get(command, 0):
-    print(f"usage: evalkit {{{'|'.join(COMMANDS)}}} [--flags]  (evalkit compare A B; evalkit scaling sweep|fit; "
-          "evalkit --helpfull lists flags)", file=sys.stderr)
+    print(help_text(command if command in COMMANDS else None), file=sys.stderr)
     return 2
   try:
     return COMMANDS[command](*argv[2:])
@@ -287,6 +325,11 @@ def main(argv: list[str]) -> int:
 
 
 def run():
+  # absl's own --help prints the launcher's empty docstring and exits 1; a user asking for help gets it, with exit 0.
+  if any(arg in HELP_ARGS for arg in sys.argv[1:]):
+    command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
+    print(help_text(command))
+    sys.exit(0)
   app.run(main)
 
 

@@ -165,10 +165,34 @@ def cache_key(featurizer: Featurizer, dataset: dict, pp_spec: str) -> str:
 
 
 class FeatureCache:
-  """`<dir>/<key>.npz` plus `<key>.json` holding the npz's sha256; a mismatch means corrupt → recompute."""
+  """`<dir>/<key>.npz` plus `<key>.json` holding the npz's sha256; a mismatch means corrupt → recompute.
+
+  Keys include a digest of the dataset's bytes (`content_digest`), so a re-prepared dataset, or another data_dir's
+  dataset of the same name and version, never hits an entry computed on other data. File hashes are remembered in
+  `<dir>/file_hashes.json` by (path, size, mtime, ctime, inode): a large dataset is hashed once, not per run.
+  """
 
   def __init__(self, directory: str | os.PathLike):
     self.dir = Path(directory)
+    self._memo_path = self.dir / "file_hashes.json"
+    self._memo: dict[str, str] | None = None
+
+  def file_hash(self, path: Path) -> str:
+    st = path.stat()
+    stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
+    if self._memo is None:
+      try:
+        self._memo = json.loads(self._memo_path.read_text())
+      except (OSError, ValueError):
+        self._memo = {}
+    if stamp not in self._memo:
+      self._memo[stamp] = fileio.file_sha256(path)
+      if jax.process_index() == 0:  # a lost update among concurrent writers only costs a re-hash later
+        fileio.atomic_write_json(self._memo_path, self._memo)
+    return self._memo[stamp]
+
+  def content_digest(self, reader) -> str:
+    return reader.content_digest(self.file_hash)
 
   def load(self, key: str) -> Features | None:
     data, meta = self.dir / f"{key}.npz", self.dir / f"{key}.json"
@@ -197,6 +221,8 @@ class FeatureCache:
 def cached_extract(featurizer: Featurizer, reader, preprocess, *, dataset: dict, mesh: Mesh,
                    cache: FeatureCache | None, batch_size: int = 256, progress: bool = True) -> Features:
   """`extract` behind the cache: a hit returns stored features without touching the model or the images."""
+  if cache is not None:
+    dataset = {**dataset, "content": cache.content_digest(reader)}
   key = cache_key(featurizer, dataset, preprocess.spec)
   if cache is not None:
     hit = cache.load(key)

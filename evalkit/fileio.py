@@ -9,8 +9,25 @@ from pathlib import Path
 from typing import Callable, IO
 
 
+def current_umask() -> int:
+  """The process's umask, read without changing it where Linux exposes it (os.umask alone must set it to read it)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-  """Calls `write(f)` on a temporary file in the same directory, then renames it onto `path`."""
+  """Calls `write(f)` on a temporary file in the same directory, then renames it onto `path`.
+
+  The file gets the mode a plain `open(path, "w")` would give (0666 less the umask), not mkstemp's private 0600, so
+  results and reports can be shared and served like any other file the user writes."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -18,6 +35,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
     with os.fdopen(fd, "wb") as f:
       write(f)
       f.flush()
+      os.fchmod(f.fileno(), 0o666 & ~current_umask())
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except BaseException:

@@ -18,7 +18,11 @@ from evalkit.models import vit
 MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
 
 
-def run_cli(*args, env_extra=None, timeout=600):
+# Generous: on a loaded 2-core CI machine the end-to-end runs take several times their quiet-machine minutes.
+SLOW_TIMEOUT_S = 1800
+
+
+def run_cli(*args, env_extra=None, timeout=SLOW_TIMEOUT_S):
   env = {**os.environ, **(env_extra or {})}
   return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True, text=True, env=env,
                         timeout=timeout)
@@ -129,6 +133,29 @@ def test_usage_error_exit_code():
   assert run_cli("eval").returncode == 2  # --checkpoint missing
 
 
+@pytest.mark.parametrize("command", [None, "eval", "gate", "scaling"])
+def test_help_lists_the_commands_flags_and_exits_0(command):
+  proc = run_cli(*([command] if command else []), "--help")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "commands:" in proc.stdout and "  demo " in proc.stdout
+  if command == "eval":
+    assert proc.stdout.startswith("usage: evalkit eval") and "--checkpoint:" in proc.stdout and "--cache_dir:" in proc.stdout
+    assert "--baseline:" not in proc.stdout  # only the command's own flags
+  if command == "gate":
+    assert "--baseline:" in proc.stdout and "--tolerance:" in proc.stdout
+  assert run_cli("eval", "-h").stdout == run_cli("eval", "--help").stdout
+
+
+def test_written_files_follow_the_umask(digits_run):
+  """Results, items and manifests are shareable (0666 less the umask, as open() gives), not mkstemp's 0600."""
+  assert digits_run["first"].returncode == 0
+  written = [p for p in (digits_run["out"] / "results").rglob("*") if p.is_file()]
+  assert len(written) >= 3
+  mask = os.umask(0o022)
+  os.umask(mask)
+  assert {p.stat().st_mode & 0o777 for p in written} == {0o666 & ~mask}
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
@@ -147,7 +174,7 @@ def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_di
   procs = [subprocess.Popen([sys.executable, "-m", "evalkit.cli", "eval", *args, f"--process_id={i}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
            for i in range(2)]
-  outs = [p.communicate(timeout=600) for p in procs]
+  outs = [p.communicate(timeout=SLOW_TIMEOUT_S) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
   multi = results.load(tmp_path / "results" / "mu7" / "digits.json")

@@ -157,7 +157,8 @@ def test_missing_dataset_message(tmp_path):
     data.open_split("cifar100", "test", d)
   msg = str(e.value)
   assert "\n" not in msg and "'cifar100'" in msg
-  assert f"tfds build cifar100 --data_dir={d}" in msg
+  # The builder API works with what evalkit installs (the `tfds build` CLI needs TensorFlow).
+  assert f"tfds.builder('cifar100', data_dir='{d}').download_and_prepare(file_format='array_record')" in msg
   with pytest.raises(data.DatasetNotPrepared, match="no_such_dataset_xyz"):
     data.open_split("no_such_dataset_xyz", "train", d)
   with pytest.raises(data.DatasetNotPrepared, match="downloads/manual"):
@@ -176,9 +177,8 @@ def test_fashion_mnist_missing_files(tmp_path, monkeypatch):
   assert embedded.FASHION_MNIST_ENV in msg
 
 
-def test_tfrecord_without_tensorflow_is_one_clear_line():
-  if source._tensorflow_available():
-    pytest.skip("TensorFlow is installed")
+def test_tfrecord_without_tensorflow_is_one_clear_line(monkeypatch):
+  monkeypatch.setattr(source, "_tensorflow_available", lambda: False)  # as on an install without the `tf` extra
 
   class FakeInfo:
     full_name = "imagenet2012/5.1.0"
@@ -186,10 +186,13 @@ def test_tfrecord_without_tensorflow_is_one_clear_line():
 
   class FakeBuilder:
     info = FakeInfo()
+    data_dir_root = "/data/tfds"
 
   with pytest.raises(source.DatasetUnreadable) as e:
     source._TfRecordBackend(FakeBuilder(), "validation")
-  assert "evalkit[tf]" in str(e.value) and "\n" not in str(e.value)
+  msg = str(e.value)
+  assert "evalkit[tf]" in msg and "\n" not in msg
+  assert "tfds.builder('imagenet2012', data_dir='/data/tfds').download_and_prepare(file_format='array_record')" in msg
 
 
 # --- preparation safety --------------------------------------------------------

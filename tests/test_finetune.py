@@ -1,5 +1,6 @@
 """Fine-tuning adapter: accuracy, lr selection on a disjoint minival, divergence, resolution change, resume, devices."""
 import dataclasses
+import math
 
 import jax
 import pytest
@@ -9,8 +10,16 @@ from evalkit import distributed, evaluate, finetune, pretrain, pretrain_configs,
 
 @pytest.fixture(scope="module")
 def digits_ckpt(data_dir, tmp_path_factory):
-  """A demo-sized ViT (width 96, depth 4, patch 7, MAP) pre-trained on digits train[:800] for 400 steps."""
-  cfg = dataclasses.replace(pretrain_configs.digits_demo(), total_steps=400, checkpoint_every=400)
+  """A demo-sized ViT (width 96, depth 4, patch 7, MAP) pre-trained on digits train[:800] for 400 steps.
+
+  Its head bias starts at −log(K) for the K = 10 upstream classes: the recipe's −10 is −log(K) for JFT's ~30k classes.
+  With −10 on 10 classes the pre-logits end up with a large common offset and fine-tuning this checkpoint is
+  ill-conditioned: its top-1 then moved between 0.35 and 0.51 with nothing but the order of floating-point
+  reductions (1 vs 8 devices, another CPU's XLA code), which a test cannot pin down. With −log(K) it reaches ≈ 0.92
+  for both device counts.
+  """
+  cfg = dataclasses.replace(pretrain_configs.digits_demo(), total_steps=400, checkpoint_every=400,
+                            head_bias_init=-math.log(10))
   run = pretrain.build_run(cfg, str(tmp_path_factory.mktemp("pre")), data_dir=data_dir, progress=False)
   final = pretrain.train(run)["final"]
   return evaluate.resolve_subject(f"{final}.toml", name="digits_pre")
@@ -36,10 +45,9 @@ def selection_run(digits_ckpt, data_dir, tmp_path_factory):
 def test_finetune_top1_on_digits(selection_run):
   record, _ = selection_run
   top1 = record["metrics"]["top1"]
-  # Measured 0.47-0.51 on 2 CPU cores for this briefly pre-trained toy checkpoint (random init reaches ≈ 0.88 on the
-  # same task: the toy's MAP features carry a large common offset, norm ≈ 100 against a per-image spread < 1, which
-  # swamps SGD's head gradient). The bar sits a few points under the measurement; chance is 0.10.
-  assert top1["value"] >= 0.42, record["lr_curve"]
+  # Measured 0.87 (1 device) and 0.92 (8 devices) for this briefly pre-trained toy checkpoint; chance is 0.10. The
+  # bar sits well under both, so reduction order and CPU type cannot move a correct run across it.
+  assert top1["value"] >= 0.75, record["lr_curve"]
   lo, hi = top1["ci95"]
   assert lo < top1["value"] < hi and hi - lo < 0.10  # ≈ 2·1.96·sqrt(p(1−p)/500)
   assert record["headline"] == {"metric": "top1", "value": top1["value"]}
@@ -80,7 +88,7 @@ def test_resolution_change_28_to_56(digits_ckpt, data_dir, tmp_path):
                      "value_range(-1, 1)", lr_grid=(0.1,), total_steps=30, warmup_steps=5)
   record, _, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path), distributed.data_mesh())
   assert record["data"]["image_size"] == [56, 56]  # 8×8 patches: posemb resampled from the 4×4 grid
-  assert record["metrics"]["top1"]["value"] > 0.15  # measured ≈ 0.27 after 30 steps; chance 0.10
+  assert record["metrics"]["top1"]["value"] > 0.15  # far above chance (0.10) after 30 steps at the new size
 
 
 def test_interrupted_finetune_resumes_identical(digits_ckpt, data_dir, tmp_path):

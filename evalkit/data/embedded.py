@@ -10,7 +10,7 @@
   directory in $EVALKIT_FASHION_MNIST_DIR). Splits ``train`` (60000) and
   ``test`` (10000) in file order. Features are those of tfds's own
   ``fashion_mnist`` (image (28, 28, 1) uint8, label with the 10 class names),
-  so data prepared by ``tfds build fashion_mnist`` reads the same way.
+  so data prepared by tfds' own ``fashion_mnist`` builder reads the same way.
 
 Both builders keep example order (``disable_shuffling``) and carry version
 1.0.0, not a version of tfds's registered ``fashion_mnist`` (3.0.1, whose

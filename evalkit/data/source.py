@@ -8,8 +8,9 @@ start, so concatenating the processes' pieces in process order gives dataset
 order whatever the number of hosts or the batch size.
 
 Storage formats:
-* array_record (what evalkit's embedded datasets use, and `tfds build
-  --file_format=array_record`): random access, no TensorFlow needed.
+* array_record (what evalkit's embedded datasets use, and
+  `builder.download_and_prepare(file_format="array_record")`): random access,
+  no TensorFlow needed.
 * tfrecord (the tfds default, e.g. most users' imagenet2012): read through
   `tf.data` with one file at a time in file order; needs TensorFlow.
 
@@ -24,6 +25,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -45,7 +47,7 @@ class DatasetNotPrepared(Exception):
                *, manual: bool = False):
     self.name, self.data_dir = name, data_dir
     if how is None:
-      how = f"run `tfds build {name} --data_dir={data_dir}`"
+      how = f"prepare it with {prepare_command(name, data_dir)}"
       manual_dir = os.path.join(str(data_dir), "downloads", "manual")
       if name.split("/")[0].split(":")[0].startswith("imagenet2012"):
         how += (" after placing the manual download (ILSVRC2012_img_train.tar, "
@@ -54,6 +56,12 @@ class DatasetNotPrepared(Exception):
         how += f" after placing its manual download in {manual_dir}"
     where = f" in data_dir {data_dir}" if data_dir else ""
     super().__init__(f"Dataset {name!r} is not prepared{where}: {how}")
+
+
+def prepare_command(name: str, data_dir: str | None) -> str:
+  """A command that prepares `name` as array_record with what evalkit installs (`tfds build` needs TensorFlow)."""
+  return (f"`python3 -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
+          f".download_and_prepare(file_format='array_record')\"`")
 
 
 def default_data_dir() -> str:
@@ -187,8 +195,8 @@ class _TfRecordBackend:
     if not _tensorflow_available():
       raise DatasetUnreadable(
           f"Dataset {builder.info.full_name} is stored as tfrecord, which needs "
-          "TensorFlow: `pip install 'evalkit[tf]'` (or re-prepare it with "
-          "`tfds build ... --file_format=array_record`)")
+          "TensorFlow: `pip install 'evalkit[tf]'` (or re-prepare it as array_record: "
+          f"{prepare_command(builder.info.full_name.split('/')[0], builder.data_dir_root)})")
     self._builder, self._base_split = builder, base_split
     self.decoder = _Decoder(builder.info.features)
 
@@ -429,8 +437,8 @@ class SplitReader:
     if not self._backend.random_access:
       raise DatasetUnreadable(
           f"Dataset {self.name!r} is stored as tfrecord; reading shuffled "
-          "batches needs random access: re-prepare it with "
-          "`tfds build ... --file_format=array_record`")
+          "batches needs random access: re-prepare it as array_record: "
+          f"{prepare_command(self.name, self.builder.data_dir_root)}")
     if isinstance(preprocess, str):
       preprocess = pp_lib.parse(preprocess)
     num_threads = max(1, num_threads or default_num_threads())
@@ -438,6 +446,17 @@ class SplitReader:
             for ids, seed in id_batches)
     yield from _ordered_batches(jobs, num_threads,
                                 2 if prefetch is None else prefetch)
+
+  def content_digest(self, file_hash: Callable[[Path], str]) -> str:
+    """sha256 over the prepared files that hold the base split, and the dataset's `dataset_info.json`.
+
+    Name, version and range cannot tell a re-prepared dataset (or another data_dir's dataset of the same name) from
+    the one a feature-cache entry was computed on; the bytes can. `file_hash` hashes one file (callers memoise it).
+    """
+    paths = [Path(p) for p in self.builder.info.splits[self.base_split].filepaths]
+    paths.append(Path(os.fspath(self.builder.data_dir)) / "dataset_info.json")
+    entries = sorted((p.name, file_hash(p)) for p in paths)
+    return hashlib.sha256(repr(entries).encode()).hexdigest()
 
   def read_labels(self, key: str = "label", chunk: int = 4096) -> np.ndarray:
     """This shard's labels, in order, without decoding images."""
@@ -544,6 +563,14 @@ class ArrayReader:
 
   def read_labels(self) -> np.ndarray:
     return self.labels[self._rows(self.ids)]
+
+  def content_digest(self, file_hash=None) -> str:
+    """sha256 of the arrays themselves (SplitReader.content_digest's counterpart; no files involved)."""
+    h = hashlib.sha256()
+    for a in (self.images, self.labels, self.example_ids):
+      h.update(f"{a.dtype}{a.shape}".encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
   def _rows(self, ids: np.ndarray) -> np.ndarray:
     rows = np.minimum(np.searchsorted(self.example_ids, ids), len(self.example_ids) - 1)
