@@ -14,7 +14,6 @@ Example (checkpoints/vit_g14.toml):
   path = "vit_g14.npz"              # may carry big_vision's ":prefix"
   source = "Zhai et al., Scaling Vision Transformers, arXiv:2106.04560"
   resolution = 224                  # native image size (pixels, square)
-  finetune_resolution = 518         # optional
   dont_load = ["head/.*"]           # optional regexes, see checkpoints.py
   [model]                           # ViT() arguments: variant and/or fields
   variant = "G/14"
@@ -37,7 +36,7 @@ from evalkit.models import vit
 CARDS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 FORMATS = ("npz", "orbax")
 _REQUIRED = ("name", "format", "path", "model", "resolution")
-_OPTIONAL = ("description", "source", "finetune_resolution", "dont_load",
+_OPTIONAL = ("description", "source", "dont_load",
              "published", "notes", "training")
 
 
@@ -61,7 +60,6 @@ class Card:
     resolution: native (pre-training) square image size in pixels.
     dont_load: regexes of params not to read from the checkpoint.
     published: published numbers, "<task>/<metric>" -> value.
-    finetune_resolution: resolution the published fine-tune numbers used.
     notes: free text (caveats, assumptions).
     training: for checkpoints evalkit trained: step, examples_seen,
       train_flops, upstream dataset/split, config (see evalkit/pretrain.py).
@@ -76,7 +74,6 @@ class Card:
   source: str = ""
   dont_load: tuple[str, ...] = ()
   published: dict[str, float] = dataclasses.field(default_factory=dict)
-  finetune_resolution: int | None = None
   notes: str = ""
   training: dict[str, Any] = dataclasses.field(default_factory=dict)
   card_path: Path | None = None
@@ -134,7 +131,7 @@ def _check_types(data: dict, card_path) -> None:
   for key in ("name", "path", "description", "source", "notes"):
     if key in data and not isinstance(data[key], str):
       _fail(card_path, f"{key} must be a string")
-  for key in ("resolution", "finetune_resolution"):
+  for key in ("resolution",):
     value = data.get(key)
     if key in data and (not isinstance(value, int) or isinstance(value, bool)
                         or value <= 0):
@@ -173,7 +170,6 @@ def parse_card(card_path: str | os.PathLike) -> Card:
       description=data.get("description", ""), source=data.get("source", ""),
       dont_load=tuple(data.get("dont_load", ())),
       published={k: float(v) for k, v in data.get("published", {}).items()},
-      finetune_resolution=data.get("finetune_resolution"),
       notes=data.get("notes", ""), training=dict(data.get("training", {})),
       card_path=card_path.resolve())
   try:  # Build the model once so a bad [model] table fails here, not later.

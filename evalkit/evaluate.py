@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from evalkit import cards, checkpoints, distributed, features, fewshot, finetune, results, tasks
+from evalkit import cards, checkpoints, distributed, extra_tests, features, fewshot, finetune, results, tasks
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
@@ -130,6 +130,7 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
   grid = fewshot.LOO_L2_GRID if settings.loo else None
   episodes = probe.run(task.shots, task.seeds, l2_reg=task.l2_reg, l2_grid=grid)
   timings["fewshot_s"] = time.perf_counter() - t1
+  extras = _fewshot_extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh)
   timings["total_s"] = time.perf_counter() - t0
 
   metrics = fewshot.summarize(episodes, test.labels)
@@ -146,6 +147,7 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
                     "loo_l2_reg": ep.loo_l2_reg, "loo_accuracy": ep.loo_accuracy, "loo_errors": ep.loo_errors}
                    for ep in episodes],
       "loo_l2_grid": list(grid) if grid else None,
+      **({"extra_tests": extras} if extras else {}),
       "data": {"image_size": list(image_size), "num_classes": num_classes, "n_train": len(train.x),
                "n_test": len(test.x), "feature_dim": int(train.x.shape[1])},
       "provenance": results.provenance(),
@@ -160,6 +162,25 @@ def evaluate_fewshot(subject: Subject, task: tasks.Task, settings: EvalSettings,
            "episodes": np.array([f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]),
            "predictions": np.stack([ep.predictions for ep in episodes]).astype(np.int32)}
   return record, manifest, items
+
+
+def _fewshot_extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh) -> dict:
+  """Every episode's probe (same k-shot sets, same λ) scored on each extra test set of the task."""
+  out = {}
+  for opened in extra_tests.open_all(task, settings.data_dir, num_classes):
+    preprocess = pp_lib.parse(opened.pp)
+    feats = features.cached_extract(featurizer, opened.reader, preprocess,
+                                    dataset=source.dataset_fingerprint(opened.reader), mesh=mesh, cache=cache,
+                                    batch_size=settings.batch_size, progress=settings.progress)
+    probe = fewshot.RidgeProbe(train.x, train.labels, feats.x, np.zeros(len(feats.x), np.int32),
+                               num_classes=num_classes, mesh=local_mesh)
+    episodes = probe.run(task.shots, task.seeds, l2_reg=task.l2_reg, l2_grid=None)
+    metrics = {}
+    for k in sorted(task.shots):
+      per_seed = np.stack([ep.predictions for ep in sorted(episodes, key=lambda e: e.seed) if ep.shots == k])
+      metrics[f"{k}shot"] = extra_tests.fewshot_metric(per_seed, feats.labels)
+    out[opened.spec.name] = {**extra_tests.describe(opened, feats.labels), "metrics": metrics}
+  return out
 
 
 ADAPTERS = {"fewshot_ridge": evaluate_fewshot, "finetune": finetune.evaluate_finetune}

@@ -1,6 +1,6 @@
 """Few-shot linear probes by closed-form ridge regression — big_vision's protocol, exactly.
 
-Protocol (DESIGN.md §5; big_vision `evaluators/fewshot_lsr`, paper "Scaling Vision Transformers"):
+Protocol (docs/protocols.md, "Few-shot ridge"; big_vision `evaluators/fewshot_lsr`, paper "Scaling Vision Transformers"):
   * episodes: for seed s, `rng = np.random.default_rng(s)`; for each class c in order, a permutation of the train
     indices of class c; the k-shot set is the concatenation over classes of the first k of each permutation. The same
     permutations serve every k, so the sets are nested across k.
@@ -9,6 +9,9 @@ Protocol (DESIGN.md §5; big_vision `evaluators/fewshot_lsr`, paper "Scaling Vis
   * targets 2·onehot − 1;
   * W from one eigendecomposition (of XᵀX when N ≥ D, else of XXᵀ), float32; predict argmax(X_test W);
   * λ = 1024, accuracy on the full test split, per seed.
+Episodes are drawn in dataset order, so they equal big_vision's where its tf.data read order is dataset order
+(single-file splits) and are other draws of the same protocol on multi-file splits (docs/protocols.md, "When
+episodes equal big_vision's"). Every product runs at float32 on any backend (`exact_float32`).
 
 Beside the fixed λ, and never instead of it, λ is also chosen from the k-shot labels alone by exact leave-one-out
 classification error over a grid, from the same eigendecomposition (no test labels are looked at).
@@ -16,6 +19,7 @@ classification error over a grid, from the same eigendecomposition (no test labe
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, Sequence
 
 import jax
@@ -60,6 +64,21 @@ def episode_manifest(labels, num_classes, shots: Sequence[int], seeds: Sequence[
 
 # ----------------------------------------------------------------------------------------------------------------------
 # The closed-form solve (jitted; one compilation per k-shot set size).
+
+
+def exact_float32(fn):
+  """`fn` traced with every matrix product at HIGHEST precision: true float32 on every backend.
+
+  JAX's default precision is TF32 on recent NVIDIA GPUs and bfloat16 passes on TPUs. With ±1 targets all K class
+  scores share an offset of ≈ −1 + 2/K and differ by a small margin, which such rounding swamps (1-shot on 1000
+  classes: 44% → 24% with bfloat16 products). big_vision runs this solve on the CPU in float32 for the same reason;
+  here it runs on any device, exactly (docs/protocols.md, "Precision").
+  """
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.default_matmul_precision("highest"):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def _whiten_and_bias(x, mean, std):
@@ -183,7 +202,7 @@ class RidgeProbe:
     self._replicated = NamedSharding(self.mesh, P())
     self.x_test = jax.device_put(x_test, self._rows)
     self._solve = jax.jit(
-        _solve_episode, static_argnames=("num_classes",),
+        exact_float32(_solve_episode), static_argnames=("num_classes",),
         out_shardings=(self._rows, self._rows, self._replicated))
 
   def episode(self, positions: np.ndarray, *, l2_reg: float = DEFAULT_L2_REG,
@@ -221,7 +240,7 @@ class RidgeProbe:
 def ridge_fewshot(x_train, y_train, x_test, y_test, *, num_classes: int,
                   shots: Iterable[int] = DEFAULT_SHOTS, seeds: Iterable[int] = DEFAULT_SEEDS,
                   l2_reg: float = DEFAULT_L2_REG, mesh: Mesh | None = None) -> dict[tuple[int, int], float]:
-  """big_vision few-shot ridge accuracy per (shots, seed) — the stable public API (DESIGN.md §3)."""
+  """big_vision few-shot ridge accuracy per (shots, seed) — part of evalkit's stable public API."""
   probe = RidgeProbe(x_train, y_train, x_test, y_test, num_classes=num_classes, mesh=mesh)
   episodes = probe.run(tuple(shots), tuple(seeds), l2_reg=l2_reg, l2_grid=None)
   return {(ep.shots, ep.seed): ep.accuracy for ep in episodes}

@@ -1,4 +1,4 @@
-"""Fine-tuning adapter: the paper's full fine-tuning protocol (DESIGN.md §6) as a task adapter.
+"""Fine-tuning adapter: the paper's full fine-tuning protocol (docs/protocols.md, "Fine-tuning") as a task adapter.
 
 For each learning rate of the task's grid: start from the checkpoint (resampling the position embeddings to the
 task's resolution, a new zero-initialised head for the task's classes), train the whole network with SGD momentum 0.9
@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from evalkit import checkpoints, features, optim, results, stats, training
+from evalkit import checkpoints, extra_tests, features, optim, results, stats, training
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
@@ -40,13 +40,23 @@ class Splits:
   num_classes: int
 
 
+def minival_cut(start: int, stop: int, fraction: float) -> int:
+  """Where minival begins: the last `fraction` of [start, stop), rounded as tfds rounds `train[99%:]`.
+
+  tfds puts a percent boundary at round(pct · n / 100) ("closest" rounding), so with fraction 0.01 the parts are
+  exactly big_vision's `train[:99%]` / `train[99%:]`. At least one example is held out.
+  """
+  n = stop - start
+  keep_pct = 100.0 - round(100.0 * fraction, 9)
+  return min(start + int(round(keep_pct * n / 100.0)), stop - 1)
+
+
 def split_minival(task, data_dir) -> Splits:
   """The last `minival_fraction` of the train split (by example id) is held out for choosing the lr."""
   pid, pcount = jax.process_index(), jax.process_count()
   whole = source.open_split(task.dataset, task.train_split, data_dir)
   start, stop = whole.global_start, whole.global_stop
-  held_out = max(1, round(task.minival_fraction * (stop - start)))
-  cut = stop - held_out
+  cut = minival_cut(start, stop, task.minival_fraction)
   base = whole.base_split
   # Training reads any example of a step's global batch, so every process opens the whole train part.
   train = source.open_split(task.dataset, f"{base}[{start}:{cut}]", data_dir)
@@ -149,7 +159,8 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
       if r is not choose(runs):
         r.state = None
   best = choose(runs)
-  metrics, items = {}, {}
+  metrics, items, extras = {}, {}, {}
+  opened_extras = extra_tests.open_all(task, settings.data_dir, splits.num_classes)
   if best is not None:
     for key, params in (("top1", best.state["params"]), ("top1_polyak", best.state.get("ema"))):
       if params is None:
@@ -157,6 +168,10 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
       pred, true, ids = _top1(scorer, params, splits.test, preprocess, mesh, task.batch_size)
       items.update({"test_ids": ids, "test_labels": true.astype(np.int32), f"predictions_{key}": pred.astype(np.int32)})
       metrics[key] = stats.bootstrap_interval(pred == true)
+      for opened in opened_extras:  # the same model on the task's other test sets
+        pred, labels, _ = _top1(scorer, params, opened.reader, pp_lib.parse(opened.pp), mesh, task.batch_size)
+        entry = extras.setdefault(opened.spec.name, {**extra_tests.describe(opened, labels), "metrics": {}})
+        entry["metrics"][key] = extra_tests.top1_metric(pred, labels)
   record = {
       "schema": results.SCHEMA,
       "checkpoint": subject.describe(image_size, ckpt),
@@ -165,6 +180,7 @@ def evaluate_finetune(subject, task, settings, mesh, *, stop_at: int | None = No
       "protocol": task.protocol,
       "headline": {"metric": task.headline_metric, "value": metrics.get(task.headline_metric, {}).get("value")},
       "metrics": metrics,
+      **({"extra_tests": extras} if extras else {}),
       "chosen_lr": best.lr if best else None,
       "lr_curve": [{"lr": r.lr, "diverged": r.diverged, "diverged_at_step": r.diverged_at,
                     "minival_top1": r.minival_top1, "minival_top1_polyak": r.minival_top1_polyak} for r in runs],

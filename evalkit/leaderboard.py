@@ -10,12 +10,13 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import functools
 import html
 import io
 import json
 from pathlib import Path
 
-from evalkit import cards, fileio, plotting, results, scaling
+from evalkit import cards, fileio, plotting, results, scaling, tasks
 
 HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
 REPORT_BOOTSTRAP = 300  # refits for the CIs of a scaling law the page fits itself
@@ -57,8 +58,13 @@ def _headline_cell(record: dict) -> tuple[str, Cell] | None:
 
 
 def _published(record: dict, task: str, metric: str, card_cache: dict) -> float | None:
+  """The card's published number for (task, metric), but only beside a result computed under that task's protocol.
+
+  A card's `"<task>/<metric>"` names the task spec the number was measured with (resolution, shots, averaging); a
+  result of a differently configured task of the same name (an edited spec, an out-of-tree copy) gets none.
+  """
   name = record["checkpoint"].get("card")
-  if not name:
+  if not name or not _same_protocol_as_registry(record, task):
     return None
   if name not in card_cache:
     try:
@@ -67,6 +73,18 @@ def _published(record: dict, task: str, metric: str, card_cache: dict) -> float 
       card_cache[name] = None
   card = card_cache[name]
   return card.published.get(f"{task}/{metric}") if card else None
+
+
+@functools.lru_cache(maxsize=None)
+def _registry_spec_hash(task: str) -> str | None:
+  try:
+    return tasks.load_task(task).spec_hash
+  except tasks.TaskError:
+    return None
+
+
+def _same_protocol_as_registry(record: dict, task: str) -> bool:
+  return record["task"].get("spec_hash") == _registry_spec_hash(task)
 
 
 def build(records: list[dict]) -> Board:
@@ -164,10 +182,10 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
   plt = plotting.pyplot()
   out = []
   fewshot = [r for r in records if r["protocol"] == "fewshot_ridge"]
-  tasks = sorted({r["task"]["name"] for r in fewshot})
-  if tasks:
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+  task_names = sorted({r["task"]["name"] for r in fewshot})
+  if task_names:
+    fig, axes = plt.subplots(1, len(task_names), figsize=(4 * len(task_names), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], task_names):
       for r in (r for r in fewshot if r["task"]["name"] == task):
         shots = sorted(int(k.removesuffix("shot")) for k in r["metrics"])
         means = [100 * r["metrics"][f"{k}shot"]["mean"] for k in shots]

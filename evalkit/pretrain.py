@@ -1,6 +1,6 @@
 """Pre-training stage: the paper's upstream recipe on a TFDS dataset, yielding frozen ViT checkpoints with cards.
 
-Recipe (DESIGN.md §7, "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot labels (single-label data
+Recipe (docs/protocols.md "Pre-training recipe", "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot labels (single-label data
 become one-hot), MAP head with a zero kernel and bias −10, big_vision's optimizer chain (`evalkit.optim`), rsqrt
 schedule with warmup and cooldown, and cooldown *branches*: one long run yields models of several training lengths.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from evalkit.pretrain import PretrainConfig
 
-# The toy ViT of DESIGN.md §10 (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on Fashion-MNIST
+# The toy ViT of docs/protocols.md, "Toy scale" (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on Fashion-MNIST
 # train[:50000] — the other 10,000 training images stay unseen, for the in-domain few-shot probe.
 DEMO_MODEL = {"patch_size": [7, 7], "width": 96, "depth": 4, "mlp_dim": 384, "num_heads": 4, "pool_type": "map"}
 

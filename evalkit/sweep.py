@@ -1,7 +1,7 @@
 """Scaling sweeps: a grid of pre-training runs, every checkpoint evaluated — the data behind `evalkit scaling fit`.
 
 A sweep is model sizes × upstream data sizes (the *cells*); each cell is one `evalkit pretrain` run that yields
-checkpoints of several training lengths through cooldown branches (DESIGN.md §7: branch off the main run at step s
+checkpoints of several training lengths through cooldown branches (docs/protocols.md "Pre-training recipe": branch off the main run at step s
 and cool the lr down linearly), so a cell costs about one run of its longest length. Every checkpoint is evaluated on
 the sweep's few-shot suite (and optionally fine-tune tasks); its card's training compute (FLOPs, evalkit/flops.py),
 examples seen, upstream data size and parameter count travel into each result record (`checkpoint.training`).

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import cards
+from evalkit import cards, tasks
 from evalkit import checkpoints as ckpts
 from evalkit.models import vit
 
@@ -50,10 +50,16 @@ def test_vit_g14_card():
   model = card.model()
   assert vit.size_name(model) == "G" and model.patch_size == (14, 14)
   assert model.pool_type == "map"
-  assert card.resolution == 224 and card.finetune_resolution == 518
+  assert card.resolution == 224
   assert card.published["imagenet2012/10shot"] == 84.86
   assert card.published["imagenet2012/1shot"] == 69.52
-  assert card.published["imagenet2012_finetune/top1"] == 90.45
+  # The 90.45% was measured at 518 px with Polyak averaging: it names the task with that protocol, and its metric.
+  assert card.published["imagenet2012_finetune_518/top1_polyak"] == 90.45
+  ft = tasks.load_task("imagenet2012_finetune_518")
+  assert (ft.resolution, ft.polyak_decay is not None, ft.decay_type, ft.headline_metric) == (518, True, "constant",
+                                                                                              "top1_polyak")
+  for key in card.published:  # every published number names a task spec that exists
+    tasks.load_task(key.split("/")[0])
   assert card.published["cifar100/10shot"] == 87.5
   assert "2106.04560" in card.source
 

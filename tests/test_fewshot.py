@@ -1,4 +1,4 @@
-"""Few-shot ridge: the jitted protocol against a straightforward float64 numpy transcription of DESIGN.md §5."""
+"""Few-shot ridge: the jitted protocol against a straightforward float64 numpy transcription of docs/protocols.md, "Few-shot ridge"."""
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -108,3 +108,27 @@ def test_summary_reports_mean_and_std_over_seeds():
   accs = [ep.accuracy for ep in eps]
   assert s["mean"] == pytest.approx(np.mean(accs)) and s["std"] == pytest.approx(np.std(accs))
   assert set(s["loo"]["l2_reg"].values()) <= set(fewshot.LOO_L2_GRID)
+
+
+def test_solver_runs_every_product_at_highest_precision():
+  """Every dot of the compiled ridge solve (whitening, Gram, eigh projections, LOO, test scores) is HIGHEST precision.
+
+  On CPU float32 products are exact at any setting, so accuracy tests cannot see this; on GPUs the default is TF32
+  and on TPUs bfloat16 passes, which change 1-shot ImageNet predictions. The lowered program says what will run.
+  """
+  import re
+  x_train, y_train = blobs(6, 4, 12, seed=0)
+  x_test, _ = blobs(5, 4, 12, seed=1)
+  probe = fewshot.RidgeProbe(x_train, y_train, x_test, np.zeros(len(x_test)), num_classes=4)
+  for n in (8, 20):  # both branches: N < D + 1 (eigh of XXᵀ) and N ≥ D + 1 (eigh of XᵀX)
+    positions = np.arange(n)
+    text = probe._solve.lower(x_train[positions], y_train[positions].astype(np.int32), probe.x_test, np.float32(1.0),
+                              np.asarray(fewshot.LOO_L2_GRID, np.float32), num_classes=4).as_text()
+    dots = [line for line in text.splitlines() if "dot_general" in line]
+    assert len(dots) >= 6
+    assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), [d for d in dots if "HIGHEST" not in d]
+  # The check itself can fail: the same solve traced without the wrapper carries default precision.
+  import jax
+  plain = jax.jit(fewshot._solve_episode, static_argnames=("num_classes",))
+  text = plain.lower(x_train, y_train.astype(np.int32), x_test, np.float32(1.0), None, num_classes=4).as_text()
+  assert not re.search(r"precision = \[HIGHEST", text)

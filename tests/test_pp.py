@@ -260,3 +260,52 @@ def test_matches_tensorflow_if_installed(method):
     want = tf.image.resize(img, size, method=method, antialias=False).numpy()
     np.testing.assert_array_equal(
         pp._RESIZERS[method](img, *size).astype(want.dtype), want)
+
+
+INCEPTION_SIZES = [(375, 500), (224, 224), (28, 28), (600, 200)]
+
+
+def _box_stats(boxes, h, w):
+  boxes = np.asarray(boxes, np.float64)
+  area, aspect = boxes[:, 2] * boxes[:, 3] / (h * w), boxes[:, 3] / boxes[:, 2]
+  return np.array([area.mean(), area.std(), aspect.mean(), np.mean(area > 0.5), np.mean(area < 0.15)])
+
+
+def test_inception_crop_samples_like_tensorflow():
+  """The box distribution of `inception_crop` against TF's sample_distorted_bounding_box as big_vision calls it.
+
+  Only the random streams differ (Philox vs numpy), so the check is statistical: mean/std of the area fraction,
+  mean aspect and the shares of large (> 0.5) and small (< 0.15) crops over 4,000 draws per image size, within ~4
+  standard errors. A uniform-area sampler
+  (mean area ≈ 0.52 instead of ≈ 0.34-0.38) fails it by tens of standard errors.
+  """
+  tf = pytest.importorskip("tensorflow")
+  rng = np.random.default_rng(0)
+  n = 4000
+  for h, w in INCEPTION_SIZES:
+    ours = [pp.sample_inception_box(h, w, rng) for _ in range(n)]
+    assert all(0 <= t and 0 <= l and t + ch <= h and l + cw <= w for t, l, ch, cw in ours)
+    theirs = []
+    for i in range(n):
+      begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+          [h, w, 3], tf.zeros([0, 0, 4], tf.float32), seed=[i, 7], area_range=(0.05, 1.0),
+          min_object_covered=0, use_image_if_no_bounding_boxes=True)
+      theirs.append((int(begin[0]), int(begin[1]), int(size[0]), int(size[1])))
+    a, b = _box_stats(ours, h, w), _box_stats(theirs, h, w)
+    tolerance = np.array([0.008, 0.008, 0.012, 0.03, 0.03])  # ≈ 4 se of each statistic at n = 4000
+    assert np.all(np.abs(a - b) < tolerance), (h, w, a, b)
+    # Same support: TF never touches the last row/column unless the crop spans the image.
+    assert max(t + ch for t, _, ch, _ in ours if ch < h) <= h - 1
+    assert max(t + ch for t, _, ch, _ in theirs if ch < h) <= h - 1
+
+
+def test_inception_crop_statistics_without_tensorflow():
+  """The documented algorithm's expectations, computed independently: for a square image and aspect ratio ≈ 1 the
+  crop height is uniform on [√0.05·H, H], so E[area fraction] = (1 − 0.05^{3/2}) / (3(1 − √0.05)) ≈ 0.4226."""
+  rng = np.random.default_rng(1)
+  boxes = np.array([pp.sample_inception_box(400, 400, rng, ratio_range=(1.0, 1.0)) for _ in range(6000)])
+  area = boxes[:, 2] * boxes[:, 3] / 400**2
+  expected = (1 - 0.05**1.5) / (3 * (1 - 0.05**0.5))
+  assert abs(area.mean() - expected) < 0.01 and np.all(boxes[:, 2] == boxes[:, 3])
+  heights = boxes[:, 2]
+  assert heights.min() >= round(400 * 0.05**0.5) - 1 and heights.max() == 400

@@ -131,3 +131,18 @@ def test_mcnemar_reference_values():
   assert compare.mcnemar_p(30, 10) == pytest.approx(0.002663, rel=1e-3)
   assert compare.mcnemar_p(10, 30) == compare.mcnemar_p(30, 10)
   assert np.isclose(compare.mcnemar_p(20, 21), 1.0)
+
+
+def test_published_number_only_beside_a_result_of_the_same_protocol(results_dir):
+  """A card's "<task>/<metric>" is shown next to a result only when the result's spec hash is that task's."""
+  record = results.load(results_dir / "vit_seed0" / "digits.json")
+  record["checkpoint"]["card"] = "vit_g14"
+  record["task"]["name"] = "imagenet2012"
+  record["headline"]["metric"] = "10shot"
+  record["metrics"]["10shot"] = dict(record["metrics"]["10shot"])
+  record["task"]["spec_hash"] = tasks.load_task("imagenet2012").spec_hash
+  (cell,) = leaderboard.build([record]).cells.values()
+  assert cell.published == 84.86
+  record["task"]["spec_hash"] = "0123456789abcdef"  # e.g. the same name with 5 seeds or another resolution
+  (cell,) = leaderboard.build([record]).cells.values()
+  assert cell.published is None

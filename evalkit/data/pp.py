@@ -510,24 +510,65 @@ def _flip_lr(*, key=None, inkey="image", outkey="image"):
   return _in_key_out_key(fn, key, inkey, outkey, with_rng=True)
 
 
-def sample_inception_box(h: int, w: int, rng: np.random.Generator,
-                         area_range=(0.05, 1.0), ratio_range=(3 / 4, 4 / 3),
-                         attempts: int = 100) -> tuple[int, int, int, int]:
-  """(top, left, height, width) of an Inception-style random crop.
+def _lrint(x) -> int:
+  """C's lrintf under the default rounding mode: to nearest, ties to even."""
+  return int(np.rint(np.float32(x)))
 
-  Like tf.image.sample_distorted_bounding_box with min_object_covered=0: area
-  fraction and aspect ratio are drawn uniformly, up to `attempts` tries, and
-  the whole image is used when no try fits.
+
+def _tf_random_crop(h: int, w: int, area_range, ratio: np.float32,
+                    rng: np.random.Generator) -> tuple[int, int, int, int] | None:
+  """One try of TF's `GenerateRandomCrop` (sample_distorted_bounding_box_op.cc), or None where it gives up.
+
+  The crop *height* is drawn uniformly between the heights of the smallest and the largest allowed area at this
+  aspect ratio (not the area), width = round(height · ratio), then nudged by one pixel where rounding broke the
+  area bounds; the offsets are drawn from [0, H − h) and [0, W − w), as TF's Uniform(n) does.
   """
+  f32 = np.float32
+  min_area = f32(area_range[0]) * f32(w) * f32(h)
+  max_area = f32(area_range[1]) * f32(w) * f32(h)
+  height = _lrint(np.sqrt(min_area / ratio, dtype=np.float32))
+  max_height = _lrint(np.sqrt(max_area / ratio, dtype=np.float32))
+  if _lrint(f32(max_height) * ratio) > w:
+    max_height = int((f32(w) + f32(0.5) - f32(1e-7)) / ratio)
+    if _lrint(f32(max_height) * ratio) > w:
+      max_height -= 1
+  max_height = min(max_height, h)
+  height = min(height, max_height)
+  if height < max_height:
+    height += int(rng.integers(0, max_height - height + 1))
+  width = _lrint(f32(height) * ratio)
+  area = f32(width * height)
+  if area < min_area:
+    height += 1
+    width = _lrint(f32(height) * ratio)
+    area = f32(width * height)
+  if area > max_area:
+    height -= 1
+    width = _lrint(f32(height) * ratio)
+    area = f32(width * height)
+  if area < min_area or area > max_area or width > w or height > h or width <= 0 or height <= 0:
+    return None
+  top = int(rng.integers(0, h - height)) if height < h else 0
+  left = int(rng.integers(0, w - width)) if width < w else 0
+  return top, left, height, width
+
+
+def sample_inception_box(h: int, w: int, rng: np.random.Generator,
+                         area_range=(0.05, 1.0), ratio_range=(0.75, 1.33),
+                         attempts: int = 100) -> tuple[int, int, int, int]:
+  """(top, left, height, width) of an Inception crop, sampled as TF's sample_distorted_bounding_box samples it.
+
+  big_vision's `inception_crop` calls that op with `min_object_covered=0`, `use_image_if_no_bounding_boxes=True`,
+  TF's default aspect range [0.75, 1.33] and 100 attempts: each attempt draws an aspect ratio uniformly, then a crop
+  by `_tf_random_crop`; the first one that fits is taken, and the whole image when none does. Only the random
+  stream differs from TF's (Philox there, numpy here): the distribution of boxes is the same (docs/protocols.md).
+  """
+  lo, hi = np.float32(ratio_range[0]), np.float32(ratio_range[1])
   for _ in range(attempts):
-    area = rng.uniform(*area_range) * h * w
-    ratio = rng.uniform(*ratio_range)
-    ch = int(round(math.sqrt(area / ratio)))
-    cw = int(round(math.sqrt(area * ratio)))
-    if 0 < ch <= h and 0 < cw <= w:
-      top = int(rng.integers(0, h - ch + 1))
-      left = int(rng.integers(0, w - cw + 1))
-      return top, left, ch, cw
+    ratio = np.float32(rng.random(dtype=np.float32)) * (hi - lo) + lo
+    box = _tf_random_crop(h, w, area_range, ratio, rng)
+    if box is not None:
+      return box
   return 0, 0, h, w
 
 

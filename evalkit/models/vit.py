@@ -7,7 +7,7 @@ name, with no per-checkpoint conversion table. Everything that changes the
 parameter tree (names, shapes, which params exist) is therefore part of the
 contract and covered by tests/test_vit.py.
 
-Public API (DESIGN.md §3/§4):
+Public API (docs/protocols.md, "ViT and its parameter tree"):
   ViT(num_classes=None, *, variant=None, **kw) -> VisionTransformer
   decode_variant("S/16") -> dict of field values
   model_config(model) / from_config(cfg): JSON round trip of the fields
