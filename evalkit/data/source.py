@@ -196,7 +196,7 @@ class _TfRecordBackend:
       raise DatasetUnreadable(
           f"Dataset {builder.info.full_name} is stored as tfrecord, which needs "
           "TensorFlow: `pip install 'evalkit[tf]'` (or re-prepare it as array_record: "
-          f"{prepare_command(builder.info.full_name.split('/')[0], builder.data_dir_root)})")
+          f"{prepare_command(builder.info.full_name.rsplit('/', 1)[0], builder.data_dir_root)})")
     self._builder, self._base_split = builder, base_split
     self.decoder = _Decoder(builder.info.features)
 
