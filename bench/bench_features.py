@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from evalkit import distributed, features
-from evalkit.data import pp, source
+from evalkit.data import memory, pp
 from evalkit.models import vit
 
 
@@ -42,10 +42,10 @@ def bench_model(name, model, image_size, n_images, batch_size, peak):
   params = model.init(jax.random.key(0), jnp.zeros((1, *image_size, 3)))["params"]
   featurizer = features.model_featurizer(model, params, weights_hash=name)
   images = np.random.default_rng(0).uniform(-1, 1, (n_images, *image_size, 3)).astype(np.float32)
-  reader = source.ArrayReader(images, np.zeros(n_images, np.int64))
+  reader = memory.ArrayReader(images, np.zeros(n_images, np.int64))
   mesh = distributed.data_mesh()
   identity = pp.parse("keep('image', 'label')")
-  features.extract(featurizer, source.ArrayReader(images[:batch_size], np.zeros(batch_size, np.int64)), identity,
+  features.extract(featurizer, memory.ArrayReader(images[:batch_size], np.zeros(batch_size, np.int64)), identity,
                    mesh=mesh, batch_size=batch_size, progress=False)  # compile
   t = time.perf_counter()
   features.extract(featurizer, reader, identity, mesh=mesh, batch_size=batch_size, progress=False)

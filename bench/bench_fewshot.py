@@ -15,7 +15,7 @@ import time
 import numpy as np
 from sklearn.linear_model import RidgeClassifier
 
-from evalkit import fewshot
+from evalkit.probes import ridge
 
 
 def synthetic_features(n_per_class, num_classes, dim, seed, centers_seed=0):
@@ -27,7 +27,7 @@ def synthetic_features(n_per_class, num_classes, dim, seed, centers_seed=0):
 
 def sklearn_suite(x_train, y_train, x_test, y_test, num_classes, shots, seeds):
   accs = {}
-  for (k, seed), idx in fewshot.episode_manifest(y_train, num_classes, shots, seeds).items():
+  for (k, seed), idx in ridge.episode_manifest(y_train, num_classes, shots, seeds).items():
     x = x_train[idx]
     mean, std = x.mean(0), x.std(0) + 1e-5
     white = lambda a: np.hstack([(a - mean) / std, np.full((len(a), 1), 100.0, np.float32)])
@@ -58,8 +58,8 @@ def main():
   x_test, y_test = synthetic_features(max(1, args.n_test // k), k, args.dim, seed=2)
   print(f"features: train {x_train.shape}, test {x_test.shape}, {k} classes; episodes: shots {shots} × seeds {seeds}")
 
-  probe = fewshot.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=k)
-  grid16 = fewshot.LOO_L2_GRID[:16]
+  probe = ridge.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=k)
+  grid16 = ridge.LOO_L2_GRID[:16]
   t = time.perf_counter()
   probe.run(shots, seeds, l2_grid=None)
   probe.run(shots, seeds, l2_grid=grid16)

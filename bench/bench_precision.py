@@ -17,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from evalkit import fewshot
+from evalkit.probes import ridge
 
 
 def synthetic(n_per_class, num_classes, dim, seed):
@@ -31,8 +31,8 @@ def synthetic(n_per_class, num_classes, dim, seed):
 
 def reference_predictions(x_shot, y_shot, x_test, num_classes, l2_reg):
   x = x_shot.astype(np.float64)
-  mean, std = x.mean(0), x.std(0) + fewshot.STD_EPS
-  white = lambda a: np.hstack([(a - mean) / std, np.full((len(a), 1), fewshot.BIAS_FEATURE)])
+  mean, std = x.mean(0), x.std(0) + ridge.STD_EPS
+  white = lambda a: np.hstack([(a - mean) / std, np.full((len(a), 1), ridge.BIAS_FEATURE)])
   xs, xt = white(x), white(x_test.astype(np.float64))
   y = 2.0 * np.eye(num_classes)[y_shot] - 1.0
   if len(xs) >= xs.shape[1]:
@@ -52,18 +52,18 @@ def main():
   k = args.classes
   x_train, y_train = synthetic(max(args.shots, 2), k, args.dim, seed=1)
   x_test, y_test = synthetic(max(1, args.n_test // k), k, args.dim, seed=2)
-  positions = fewshot.episode_manifest(y_train, k, (args.shots,), (0,))[(args.shots, 0)]
+  positions = ridge.episode_manifest(y_train, k, (args.shots,), (0,))[(args.shots, 0)]
   x_shot, y_shot = x_train[positions], y_train[positions].astype(np.int32)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); K={k}, D={args.dim}, "
         f"{args.shots}-shot, n_test={len(x_test)}")
 
-  ref = reference_predictions(x_shot, y_shot, x_test, k, fewshot.DEFAULT_L2_REG)
+  ref = reference_predictions(x_shot, y_shot, x_test, k, ridge.DEFAULT_L2_REG)
   rows = [("float64 reference (host)", ref, 0.0)]
-  solvers = {"before: default precision": jax.jit(fewshot._solve_episode, static_argnames=("num_classes",)),
-             "after: evalkit (HIGHEST)": jax.jit(fewshot.exact_float32(fewshot._solve_episode),
+  solvers = {"before: default precision": jax.jit(ridge._solve_episode, static_argnames=("num_classes",)),
+             "after: evalkit (HIGHEST)": jax.jit(ridge.exact_float32(ridge._solve_episode),
                                                  static_argnames=("num_classes",))}
   for label, solve in solvers.items():
-    run = lambda: np.asarray(solve(x_shot, y_shot, x_test, np.float32(fewshot.DEFAULT_L2_REG), None, num_classes=k)[0])
+    run = lambda: np.asarray(solve(x_shot, y_shot, x_test, np.float32(ridge.DEFAULT_L2_REG), None, num_classes=k)[0])
     run()  # compile
     t = time.perf_counter()
     pred = run()

@@ -5,7 +5,7 @@ with a bfloat16 buffer) for the same models — vs float32 matmul throughput.
 
 For the demo model (28×28, batch 128) and ViT-Ti/16 at 224 (batch 32): examples/s of the jitted data-parallel train
 step on device-resident synthetic batches, FLOPs per step from XLA's cost analysis of the compiled step (forward,
-backward and optimizer) and from evalkit.flops (3 × forward), achieved GFLOP/s, and that as a fraction of a 2048²
+backward and optimizer) and from evalkit.train.flops (3 × forward), achieved GFLOP/s, and that as a fraction of a 2048²
 float32 matmul measured in the same run.
 """
 from __future__ import annotations
@@ -18,7 +18,13 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bench_features import matmul_gflops
-from evalkit import distributed, finetune, flops, optim, pretrain, pretrain_configs, tasks, training
+from evalkit import distributed, tasks
+from evalkit.adapters import finetune
+from evalkit.train import flops
+from evalkit.train import optim
+from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
+from evalkit.train import loop
 from evalkit.models import vit
 
 
@@ -28,17 +34,17 @@ def bench(name, model_kw, image_size, batch, steps, peak, num_classes=10, stage=
   params = pretrain.init_params(model, image_size, 0, -10.0)
   if stage == "pretrain":
     tx, _ = optim.make(pretrain_configs.demo().to_dict(), params, 10_000)
-    loss = training.sigmoid_xent
+    loss = loop.sigmoid_xent
   else:
     task = tasks.load_task("digits_finetune")
     tx, _ = optim.make(finetune.optimizer_config(task, 0.03), params, 10_000)
-    loss = training.softmax_xent
-  state = jax.device_put(training.init_state(params, tx), NamedSharding(mesh, P()))
+    loss = loop.softmax_xent
+  state = jax.device_put(loop.init_state(params, tx), NamedSharding(mesh, P()))
   rng = np.random.default_rng(0)
   put = lambda a: jax.device_put(a, NamedSharding(mesh, P(distributed.DATA_AXIS)))
   images = put(rng.uniform(-1, 1, (batch, *image_size, 3)).astype(np.float32))
   labels = put(rng.integers(0, num_classes, batch))
-  step_fn = training.make_train_step(model, tx, mesh, loss=loss, num_classes=num_classes)
+  step_fn = loop.make_train_step(model, tx, mesh, loss=loss, num_classes=num_classes)
   cost = step_fn.lower(state, images, labels).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   state, m = step_fn(state, images, labels)

@@ -10,6 +10,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from evalkit.errors import EvalkitError
+
 FLAGS = flags.FLAGS
 
 # What to evaluate.
@@ -43,7 +45,8 @@ flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear co
 flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
 # Scaling studies.
 flags.DEFINE_bool("quick", False, "`scaling sweep`: the minute-long `quick` sweep on digits (tests, smoke runs).")
-flags.DEFINE_integer("bootstrap_samples", 1000, "`scaling fit`: bootstrap refits for the CIs of the law's parameters.")
+flags.DEFINE_integer("bootstrap_samples", 1000, "`scaling fit` / `report`: bootstrap refits for the CIs of a scaling "
+                     "law's parameters.")
 # Regression gate.
 flags.DEFINE_string("baseline", None, "Baseline JSON (written by `evalkit baseline`).")
 flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`, `scaling fit`).")
@@ -78,7 +81,7 @@ COMMAND_FLAGS = {  # the flags each command reads, for `evalkit <command> --help
     "tasks": ["tasks_dir", "data_dir"],
     "checkpoints": ["cards_dir"],
     "pretrain": ["config", "workdir", "cooldown_at", "total_steps", "data_dir", "progress", *_MULTI_HOST],
-    "report": ["results_dir", "out"],
+    "report": ["results_dir", "out", "bootstrap_samples"],
     "compare": ["results_dir"],
     "baseline": ["results_dir", "out"],
     "gate": ["baseline", "results_dir", "z", "tolerance", "summary"],
@@ -108,15 +111,7 @@ def help_text(command: str | None) -> str:
 
 
 class UsageError(Exception):
-  pass
-
-
-def _user_errors():
-  """Exceptions that mean bad input: reported as one line, exit status 1 (no traceback)."""
-  from evalkit import cards, checkpoints, pretrain, sweep, tasks
-  from evalkit.data import source
-  return (tasks.TaskError, cards.CardError, checkpoints.CheckpointError, source.DatasetNotPrepared,
-          source.DatasetUnreadable, pretrain.TrainingDiverged, pretrain.WorkdirMismatch, sweep.SweepError)
+  """Bad command-line usage: one line, exit status 2."""
 
 
 def _model_kwargs() -> dict:
@@ -134,12 +129,12 @@ def _model_kwargs() -> dict:
 
 def cmd_eval() -> int:
   import os
-  from evalkit import distributed, evaluate, tasks
+  from evalkit import distributed, evaluate, subjects, tasks
   if not FLAGS.checkpoint:
     raise UsageError("--checkpoint is required (a card name, a path, or `pixels`)")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
   task_list = [tasks.load_task(t, FLAGS.tasks_dir) for t in FLAGS.tasks]  # unknown tasks fail before any work
-  subject = evaluate.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_kwargs=_model_kwargs(),
+  subject = subjects.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_kwargs=_model_kwargs(),
                                      cards_dirs=FLAGS.cards_dir)
   settings = evaluate.EvalSettings(
       data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
@@ -166,7 +161,7 @@ def cmd_tasks() -> int:
 
 
 def cmd_checkpoints() -> int:
-  from evalkit import cards
+  from evalkit.checkpoints import cards
   for card in cards.list_cards(FLAGS.cards_dir):
     state = "available" if card.available() else "missing file"
     print(f"{card.name:24s} {state:13s} {card.resolved_path()}  {card.description}")
@@ -174,7 +169,9 @@ def cmd_checkpoints() -> int:
 
 
 def cmd_pretrain() -> int:
-  from evalkit import distributed, pretrain, pretrain_configs
+  from evalkit import distributed
+  from evalkit.train import pretrain
+  from evalkit.train import pretrain_configs
   if not FLAGS.config or not FLAGS.workdir:
     raise UsageError("--config and --workdir are required")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
@@ -194,16 +191,23 @@ def cmd_pretrain() -> int:
 
 
 def cmd_report() -> int:
-  from evalkit import leaderboard
+  from evalkit import results
+  from evalkit.analysis import scaling
+  from evalkit.report import leaderboard
   if not FLAGS.out:
     raise UsageError("--out (a directory) is required")
-  for kind, path in leaderboard.write(FLAGS.results_dir, FLAGS.out).items():
+  try:
+    records = results.load_all(FLAGS.results_dir)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  studies = scaling.analyze_all(records, bootstrap=FLAGS.bootstrap_samples)
+  for kind, path in leaderboard.write(FLAGS.results_dir, FLAGS.out, studies=studies, records=records).items():
     print(f"{kind}: {path}")
   return 0
 
 
 def cmd_compare(a: str, b: str) -> int:
-  from evalkit import compare
+  from evalkit.analysis import compare
   try:
     rows, overall = compare.compare(FLAGS.results_dir, a, b)
   except compare.CompareError as e:
@@ -213,7 +217,8 @@ def cmd_compare(a: str, b: str) -> int:
 
 
 def cmd_baseline() -> int:
-  from evalkit import fileio, gate
+  from evalkit import fileio
+  from evalkit.analysis import gate
   if not FLAGS.out:
     raise UsageError("--out is required")
   baseline = gate.make_baseline(FLAGS.results_dir)
@@ -227,7 +232,7 @@ def cmd_baseline() -> int:
 def cmd_gate() -> int:
   import json
   from pathlib import Path
-  from evalkit import gate
+  from evalkit.analysis import gate
   if not FLAGS.baseline:
     raise UsageError("--baseline is required")
   try:
@@ -257,7 +262,8 @@ def cmd_scaling(action: str) -> int:
 
 
 def _scaling_sweep() -> None:
-  from evalkit import distributed, sweep
+  from evalkit import distributed
+  from evalkit.studies import sweep
   if not FLAGS.workdir or not (FLAGS.config or FLAGS.quick):
     raise UsageError("--workdir and --config (default, quick or a .toml file) or --quick are required")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
@@ -273,7 +279,9 @@ def _scaling_fit(after_sweep: bool) -> int:
   """Analyses the sweep's (--workdir) or any (--results_dir) results; writes to --out (default <workdir>/scaling)."""
   from pathlib import Path
   import jax
-  from evalkit import leaderboard, results, scaling
+  from evalkit import results
+  from evalkit.analysis import scaling
+  from evalkit.report import leaderboard, scaling_view
   results_dir = Path(FLAGS.workdir) / "results" if FLAGS.workdir else Path(FLAGS.results_dir)
   out = FLAGS.out or (Path(FLAGS.workdir) / "scaling" if FLAGS.workdir else None)
   if out is None:
@@ -288,9 +296,9 @@ def _scaling_fit(after_sweep: bool) -> int:
       return 0
     raise UsageError(why)
   if jax.process_index() == 0:  # one writer in multi-process runs
-    paths = scaling.write(studies, out)
+    paths = scaling_view.write(studies, out)
     paths["html"] = leaderboard.write(results_dir, out, studies=studies, records=records)["html"]
-    print("\n".join(scaling.markdown(s) for s in studies))
+    print("\n".join(scaling_view.markdown(s) for s in studies))
     for kind, path in paths.items():
       print(f"{kind}: {path}")
   return 0
@@ -319,7 +327,7 @@ def main(argv: list[str]) -> int:
   except UsageError as e:
     print(f"evalkit: usage error: {e}", file=sys.stderr)
     return 2
-  except _user_errors() as e:
+  except EvalkitError as e:  # every expected failure: one line, no traceback
     print(f"evalkit: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 1
 

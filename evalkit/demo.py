@@ -17,7 +17,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from evalkit import distributed, evaluate, leaderboard, pretrain, pretrain_configs, report, results, tasks
+from evalkit import distributed, evaluate, results, subjects, tasks
+from evalkit.report import leaderboard
+from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
+from evalkit.report import tables
 from evalkit.data import embedded
 
 MIN_IN_DOMAIN_GAIN = 0.05  # pre-trained must beat random init by ≥ 5 points, 10-shot in-domain
@@ -42,10 +46,10 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   trained_ckpt = pretrain.train(run)["final"]
   t_pretrain = time.perf_counter() - t_pretrain
 
-  subjects = [
-      evaluate.resolve_subject(f"{trained_ckpt}.toml", name="pretrained"),
-      evaluate.resolve_subject(f"{init_ckpt}.toml", name="random_init"),
-      evaluate.resolve_subject(evaluate.PIXELS),
+  subject_list = [
+      subjects.resolve_subject(f"{trained_ckpt}.toml", name="pretrained"),
+      subjects.resolve_subject(f"{init_ckpt}.toml", name="random_init"),
+      subjects.resolve_subject(subjects.PIXELS),
   ]
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out / "results"), cache_dir=None,
                                    overwrite=True, progress=progress)
@@ -53,7 +57,8 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   mesh = distributed.data_mesh()
   finetune_task = tasks.load_task("digits_finetune")
   failed = []
-  for subject, subject_tasks in [(s, task_list) for s in subjects] + [(s, [finetune_task]) for s in subjects[:2]]:
+  runs = [(s, task_list) for s in subject_list] + [(s, [finetune_task]) for s in subject_list[:2]]
+  for subject, subject_tasks in runs:
     for task, status, detail in evaluate.run(subject, subject_tasks, settings, mesh):
       print(f"{subject.name:12s} {task:22s} {status}: {detail}")
       if status == "error":
@@ -62,13 +67,13 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
     print(f"evalkit: error: {failed[0]}")
     return 1
 
-  order = {s.name: i for i, s in enumerate(subjects)}
+  order = {s.name: i for i, s in enumerate(subject_list)}
   all_records = results.load_all(settings.results_dir)
   records = sorted((r for r in all_records if r["task"]["name"] in task_names),
                    key=lambda r: order[r["checkpoint"]["name"]])
-  table = report.fewshot_markdown(records)
+  table = tables.fewshot_markdown(records)
   ft_records = [r for r in all_records if r["task"]["name"] == finetune_task.name]
-  ft_table = report.finetune_markdown(sorted(ft_records, key=lambda r: order[r["checkpoint"]["name"]]))
+  ft_table = tables.finetune_markdown(sorted(ft_records, key=lambda r: order[r["checkpoint"]["name"]]))
   headline = {r["checkpoint"]["name"]: r["headline"]["value"] for r in records if r["task"]["name"] == in_domain}
   gap = headline["pretrained"] - headline["random_init"]
   gap_line = (f"In-domain {in_domain} 10-shot: pre-trained {100 * headline['pretrained']:.1f}% vs random init "

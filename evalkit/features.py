@@ -50,7 +50,6 @@ class Featurizer:
   identity: dict  # JSON-able; equal identities must mean equal features
   fn: Callable[[Any, jax.Array], jax.Array]  # (params, images) -> (batch, d)
   params: Any = None
-  flops_per_image: float | None = None
 
 
 def model_featurizer(model, params, *, weights_hash: str, representation: str = DEFAULT_REPRESENTATION,

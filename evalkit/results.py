@@ -1,13 +1,15 @@
 """Result records: one JSON file per (checkpoint, task), written atomically, with full provenance.
 
-Schema `evalkit.result/1` (documented in README.md, "Result files"):
-  schema, checkpoint{name, path, format, weights_hash, model, featurizer, training (from its card, if any)},
-  task{name, spec_hash, spec, dataset}, protocol, headline{metric, value},
-  metrics{<k>shot: {per_seed, mean, std, loo{per_seed, mean, std, l2_reg}}},
-  episodes[{shots, seed, l2_reg, accuracy, loo_l2_reg, loo_accuracy, loo_errors}], loo_l2_grid, data{...},
-  manifest (file name of the episode manifest), items (file name of the per-test-item outcomes, .npz),
+Schema `evalkit.result/2` (README.md, "Result files"; `Record` below):
+  schema, checkpoint{name, kind, path, format, weights_hash, model, featurizer, card, training},
+  task{name, spec_hash, spec, dataset}, protocol, headline{metric, value}, metrics{<name>: Metric},
+  the protocol's details (few-shot: episodes, loo_l2_grid; fine-tune: chosen_lr, lr_curve), extra_tests, data,
+  manifest (file name of the training-set manifest), items (file name of the per-test-item predictions, .npz),
   provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
-Accuracies are fractions in [0, 1]; published anchors (percent) are converted when compared.
+Every metric has one shape, whatever the protocol: {value, se, ci95, n} plus the protocol's extras (per_seed, std,
+loo). Items are one layout: `episodes` (E names: "10shot/seed0", ..., or "top1", "top1_polyak") × test items
+(`predictions` E × n, `test_ids`, `test_labels`); the episodes of a metric are those named `<metric>` or
+`<metric>/...`. Files of `evalkit.result/1` are read and upgraded on load. Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
 
@@ -19,12 +21,37 @@ import re
 import subprocess
 from pathlib import Path
 
+from typing import TypedDict
+
 import evalkit
 import numpy as np
 
 from evalkit import fileio
 
-SCHEMA = "evalkit.result/1"
+SCHEMA = "evalkit.result/2"
+OLDER_SCHEMAS = ("evalkit.result/1",)
+
+
+class Metric(TypedDict, total=False):
+  value: float  # the estimate (few-shot: mean over seeds)
+  se: float  # its standard error
+  ci95: list[float]  # 95% interval
+  n: int  # test items scored
+
+
+class Record(TypedDict, total=False):
+  schema: str
+  checkpoint: dict
+  task: dict
+  protocol: str
+  headline: dict  # {metric, value}
+  metrics: dict[str, Metric]
+  extra_tests: dict
+  data: dict
+  manifest: str
+  items: str
+  provenance: dict
+  timings: dict
 
 
 def _safe(name: str) -> str:
@@ -58,16 +85,72 @@ def write(path: Path, record: dict, manifest: dict | None = None, items: dict | 
   fileio.atomic_write_json(path, record)
 
 
+def make_items(test_ids, test_labels, episodes: list[str], predictions) -> dict[str, np.ndarray]:
+  """The per-test-item layout of every adapter: E episodes × n test items of predicted labels."""
+  return {"test_ids": np.asarray(test_ids), "test_labels": np.asarray(test_labels).astype(np.int32),
+          "episodes": np.array(episodes), "predictions": np.stack(predictions).astype(np.int32)}
+
+
+def episodes_of(items: dict, metric: str) -> list[int]:
+  """Rows of `items["predictions"]` that a metric averages: episodes named `metric` or `metric/...`."""
+  return [i for i, key in enumerate(items["episodes"]) if str(key) == metric or str(key).startswith(metric + "/")]
+
+
+def build_record(task, outcome, timings: dict | None = None) -> Record:
+  """The result record of one adapter run (`adapters.Outcome`) on `task`: the same skeleton for every protocol."""
+  metrics = outcome.metrics
+  return {
+      "schema": SCHEMA,
+      "checkpoint": outcome.checkpoint,
+      "task": {"name": task.name, "spec_hash": task.spec_hash, "spec": task.spec(), "dataset": outcome.dataset},
+      "protocol": task.protocol,
+      "headline": {"metric": task.headline_metric, "value": metrics.get(task.headline_metric, {}).get("value")},
+      "metrics": metrics,
+      **outcome.details,
+      **({"extra_tests": outcome.extra_tests} if outcome.extra_tests else {}),
+      "data": outcome.data,
+      "provenance": provenance(),
+      "timings": {**outcome.timings, **(timings or {})},
+  }
+
+
 def load_items(result_file: str | os.PathLike) -> dict[str, np.ndarray]:
-  with np.load(items_path(Path(result_file))) as z:
-    return {k: z[k] for k in z.files}
+  with np.load(items_path(Path(result_file)), allow_pickle=False) as z:
+    items = {k: z[k] for k in z.files}
+  if "episodes" not in items:  # evalkit.result/1 fine-tune items: predictions_<metric> per model
+    keys = [k.removeprefix("predictions_") for k in sorted(items) if k.startswith("predictions_")]
+    items = make_items(items["test_ids"], items["test_labels"], keys, [items[f"predictions_{k}"] for k in keys])
+  return items
 
 
-def load(path: str | os.PathLike) -> dict:
-  with open(path) as f:
-    record = json.load(f)
-  if record.get("schema") != SCHEMA:
-    raise ValueError(f"{path}: not an evalkit result (schema {record.get('schema')!r}, expected {SCHEMA!r})")
+def _upgrade(record: dict) -> Record:
+  """An `evalkit.result/1` record in the /2 shape: few-shot metrics had `mean` where every metric now has `value`."""
+  n = record.get("data", {}).get("n_test")
+  for m in record.get("metrics", {}).values():
+    for entry in (m, m.get("loo")):
+      if isinstance(entry, dict) and "mean" in entry:
+        entry["value"] = entry.pop("mean")
+    if n is not None:
+      m.setdefault("n", n)
+  for extra in record.get("extra_tests", {}).values():
+    for m in extra.get("metrics", {}).values():
+      if "mean" in m:
+        m["value"] = m.pop("mean")
+  return {**record, "schema": SCHEMA, "upgraded_from": record["schema"]}
+
+
+def load(path: str | os.PathLike) -> Record:
+  """A result record (either schema), as `evalkit.result/2`; ValueError for anything else."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: not a readable result file ({' '.join(str(e).split())})") from None
+  schema = record.get("schema") if isinstance(record, dict) else None
+  if schema in OLDER_SCHEMAS:
+    return _upgrade(record)
+  if schema != SCHEMA:
+    raise ValueError(f"{path}: not an evalkit result (schema {schema!r}, expected {SCHEMA!r})")
   return record
 
 

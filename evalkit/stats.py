@@ -58,5 +58,5 @@ def accuracy_interval(correct: np.ndarray, *, level: float = 0.95, resamples: in
   dof = var**2 / (var_seed**2 / (seeds - 1)) if var_seed > 0 else np.inf
   half = float(scipy_stats.t.ppf(0.5 + level / 2, dof) * np.sqrt(var))
   mean = float(acc.mean())
-  return {"mean": mean, "se": float(np.sqrt(var)), "ci95": [mean - half, mean + half], "se_items": var_item**0.5,
+  return {"value": mean, "se": float(np.sqrt(var)), "ci95": [mean - half, mean + half], "se_items": var_item**0.5,
           "se_seeds": var_seed**0.5, "dof": float(dof)}

@@ -1,6 +1,6 @@
 """The feature cache keys on the data's bytes: two datasets with one name and version never share features."""
 import blob_datasets
-from evalkit import distributed, evaluate, tasks
+from evalkit import distributed, evaluate, subjects, tasks
 
 
 def prepare(data_dir, seed):
@@ -8,15 +8,15 @@ def prepare(data_dir, seed):
 
 
 def test_same_name_and_version_never_share_cached_features(tmp_path):
-  task = tasks.Task(name="blobs", dataset="evalkit_test_blobs", protocol="fewshot_ridge", train_split="train",
+  task = tasks.make_task(name="blobs", dataset="evalkit_test_blobs", protocol="fewshot_ridge", train_split="train",
                     test_split="test", pp="decode|value_range(-1, 1)", shots=(1, 5), seeds=(0, 1, 2), headline_shots=5)
-  subject = evaluate.resolve_subject(evaluate.PIXELS)
+  subject = subjects.resolve_subject(subjects.PIXELS)
   mesh = distributed.data_mesh()
 
   def score(data_dir, cache_dir):
     settings = evaluate.EvalSettings(data_dir=str(data_dir), results_dir=str(tmp_path / "r"), cache_dir=cache_dir,
                                      progress=False, loo=False)
-    record, _, _ = evaluate.evaluate_fewshot(subject, task, settings, mesh)
+    record, _, _ = evaluate.evaluate_task(subject, task, settings, mesh)
     return record["metrics"]["1shot"]["per_seed"], record["timings"]["features_train_cached"]
 
   cache = str(tmp_path / "cache")

@@ -1,10 +1,11 @@
-"""Tests for evalkit.cards and the cards shipped in checkpoints/."""
+"""Tests for evalkit.checkpoints.cards and the cards shipped in checkpoints/."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import cards, tasks
+from evalkit import subjects, tasks
+from evalkit.checkpoints import cards, formats
 from evalkit import checkpoints as ckpts
 from evalkit.models import vit
 
@@ -37,7 +38,7 @@ def test_repo_cards_parse_and_build_models():
   for card in found:
     assert card.card_path.stem == card.name
     assert card.card_path.parent == cards.CARDS_DIR
-    assert card.format in cards.FORMATS
+    assert card.format in formats.FORMATS
     model = card.model()
     assert isinstance(model, vit.VisionTransformer)
     assert model.num_classes is None  # Feature extraction: no head.
@@ -56,8 +57,9 @@ def test_vit_g14_card():
   # The 90.45% was measured at 518 px with Polyak averaging: it names the task with that protocol, and its metric.
   assert card.published["imagenet2012_finetune_518/top1_polyak"] == 90.45
   ft = tasks.load_task("imagenet2012_finetune_518")
-  assert (ft.resolution, ft.polyak_decay is not None, ft.decay_type, ft.headline_metric) == (518, True, "constant",
-                                                                                              "top1_polyak")
+  cfg = ft.config
+  assert (cfg.resolution, cfg.polyak_decay is not None, cfg.decay_type, ft.headline_metric) == (518, True, "constant",
+                                                                                 "top1_polyak")
   for key in card.published:  # every published number names a task spec that exists
     tasks.load_task(key.split("/")[0])
   assert card.published["cifar100/10shot"] == 87.5
@@ -92,14 +94,16 @@ def test_extra_dir_card_with_relative_path_loads(tmp_path):
   assert card.resolved_path() == str(tmp_path / "weights" / "tiny.npz")
   assert not card.available()
   assert "tiny" in {c.name for c in cards.list_cards(tmp_path)}
+  subject = subjects.resolve_subject("tiny", cards_dirs=[tmp_path])
   with pytest.raises(ckpts.CheckpointError, match="not on this machine"):
-    card.load_checkpoint()
+    subject.checkpoint((28, 28))
   # Write a checkpoint with a 1000-class head, as a pre-training run would.
   source = vit.from_config({**card.model_config, "num_classes": 1000})
   params = source.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"]
   ckpts.save_npz(tmp_path / "weights" / "tiny.npz", params)
   assert card.available()
-  ck = card.load_checkpoint(num_classes=10)  # dont_load from the card.
+  # A 10-class head re-initialised: the card's dont_load (head/.*) applies.
+  ck = subject.checkpoint((28, 28), model=card.model(num_classes=10))
   assert ck.params["head"]["kernel"].shape == (32, 10)
   np.testing.assert_array_equal(ck.params["MAPHead_0"]["probe"],
                                 params["MAPHead_0"]["probe"])

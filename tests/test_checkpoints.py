@@ -291,7 +291,7 @@ def test_old_vision_transformer_names_and_cls_posemb(tmp_path):
                              image_size=28)
   np.testing.assert_allclose(_apply(model, loaded), _apply(model, params),
                              atol=1e-5)
-  names = ckpts.read_npz(tmp_path / "old.npz")
+  names = ckpts.read_flat(tmp_path / "old.npz")
   assert "Transformer/encoderblock_0/MultiHeadDotProductAttention_0/out/bias" \
       in names
   assert not any("LayerNorm_2" in k or "MlpBlock_3" in k for k in names)

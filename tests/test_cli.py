@@ -11,25 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import checkpoints, distributed, features, fewshot, results
+from evalkit import checkpoints, distributed, features, results
+from evalkit.probes import ridge
 from evalkit.data import pp, source
 from evalkit.models import vit
 
+from conftest import SLOW_TIMEOUT_S, error_lines, run_cli
+
 MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
-
-
-# Generous: on a loaded 2-core CI machine the end-to-end runs take several times their quiet-machine minutes.
-SLOW_TIMEOUT_S = 1800
-
-
-def run_cli(*args, env_extra=None, timeout=SLOW_TIMEOUT_S):
-  env = {**os.environ, **(env_extra or {})}
-  return subprocess.run([sys.executable, "-m", "evalkit.cli", *args], capture_output=True, text=True, env=env,
-                        timeout=timeout)
-
-
-def error_lines(proc):
-  return [line for line in proc.stderr.splitlines() if line.startswith("evalkit: error")]
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +58,11 @@ def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_d
   featurizer = features.model_featurizer(model, loaded.params, weights_hash=loaded.weights_hash)
   f = {s: features.extract(featurizer, source.open_split("digits", s, data_dir), preprocess,
                            mesh=distributed.data_mesh(), progress=False) for s in ("train", "test")}
-  direct = fewshot.ridge_fewshot(f["train"].x, f["train"].labels, f["test"].x, f["test"].labels, num_classes=10)
+  direct = ridge.ridge_fewshot(f["train"].x, f["train"].labels, f["test"].x, f["test"].labels, num_classes=10)
   for k in (1, 5, 10, 25):
     for seed in (0, 1, 2):
       assert rec["metrics"][f"{k}shot"]["per_seed"][str(seed)] == direct[(k, seed)]
-  assert rec["headline"] == {"metric": "10shot", "value": rec["metrics"]["10shot"]["mean"]}
+  assert rec["headline"] == {"metric": "10shot", "value": rec["metrics"]["10shot"]["value"]}
   for ep in rec["episodes"]:
     assert ep["loo_l2_reg"] in rec["loo_l2_grid"] and len(ep["loo_errors"]) == len(rec["loo_l2_grid"])
 
@@ -83,7 +72,7 @@ def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_d
     k, seed = key.split("shot/seed")
     assert np.mean(pred == items["test_labels"]) == rec["metrics"][f"{k}shot"]["per_seed"][seed]
   ten = rec["metrics"]["10shot"]
-  assert ten["ci95"][0] < ten["mean"] < ten["ci95"][1] and ten["se"] > 0
+  assert ten["ci95"][0] < ten["value"] < ten["ci95"][1] and ten["se"] > 0
 
   manifest = json.loads(results.manifest_path(path).read_text())
   ten = manifest["episodes"]["10shot/seed0"]

@@ -1,5 +1,4 @@
 """Extra test sets of a task (same label space, e.g. ImageNet-ReaL / v2): scored with the same model, with CIs."""
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +6,8 @@ import numpy as np
 import pytest
 
 import blob_datasets
-from evalkit import checkpoints, distributed, evaluate, extra_tests, finetune, tasks
+from evalkit import checkpoints, distributed, evaluate, subjects, tasks
+from evalkit.adapters import extra_tests
 from evalkit.models import vit
 
 EXTRAS = (tasks.ExtraTest("same", "evalkit_test_blobs", "test"),
@@ -36,15 +36,15 @@ def test_label_sets_count_a_prediction_in_the_set_and_skip_empty_sets():
 
 
 def test_fewshot_reports_every_extra_test_set(blobs_dir, tmp_path):
-  task = tasks.Task(name="blobs", dataset="evalkit_test_blobs", protocol="fewshot_ridge", train_split="train",
+  task = tasks.make_task(name="blobs", dataset="evalkit_test_blobs", protocol="fewshot_ridge", train_split="train",
                     test_split="test", pp="decode|value_range(-1, 1)", shots=(1, 5), seeds=(0, 1, 2),
                     headline_shots=5, extra_tests=EXTRAS)
   settings = evaluate.EvalSettings(data_dir=blobs_dir, results_dir=str(tmp_path), progress=False, loo=False)
-  record, _, items = evaluate.evaluate_fewshot(evaluate.resolve_subject(evaluate.PIXELS), task, settings,
+  record, _, items = evaluate.evaluate_task(subjects.resolve_subject(subjects.PIXELS), task, settings,
                                                distributed.data_mesh())
   same, real = record["extra_tests"]["same"], record["extra_tests"]["real"]
   for k in ("1shot", "5shot"):  # the main test split again: identical numbers
-    assert same["metrics"][k]["mean"] == record["metrics"][k]["mean"]
+    assert same["metrics"][k]["value"] == record["metrics"][k]["value"]
     assert same["metrics"][k]["per_seed"] == list(record["metrics"][k]["per_seed"].values())
   assert (real["n_scored"], real["n_skipped"]) == (120, 30)  # every fifth image has an empty label set
   names = list(items["episodes"])
@@ -52,8 +52,8 @@ def test_fewshot_reports_every_extra_test_set(blobs_dir, tmp_path):
     want = [expected_real(items["predictions"][names.index(f"{k}/seed{s}")])[0] for s in (0, 1, 2)]
     m = real["metrics"][k]
     np.testing.assert_allclose(m["per_seed"], want)
-    assert m["ci95"][0] < m["mean"] < m["ci95"][1] and m["se"] > 0, m
-  assert real["metrics"]["5shot"]["mean"] > record["metrics"]["5shot"]["mean"]  # the sets only add right answers
+    assert m["ci95"][0] < m["value"] < m["ci95"][1] and m["se"] > 0, m
+  assert real["metrics"]["5shot"]["value"] > record["metrics"]["5shot"]["value"]  # the sets only add right answers
   assert record["task"]["spec"]["extra_tests"][1]["label_key"] == "real_label"  # part of the spec hash
 
 
@@ -61,17 +61,17 @@ def test_finetune_reports_every_extra_test_set(blobs_dir, tmp_path):
   model = vit.ViT(num_classes=3, variant="mu/7", pool_type="gap")
   params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"]
   checkpoints.save_npz(tmp_path / "mu7.npz", params)
-  subject = evaluate.resolve_subject(str(tmp_path / "mu7.npz"), model_kwargs={"variant": "mu/7", "pool_type": "gap"})
-  task = tasks.Task(name="blobs_ft", dataset="evalkit_test_blobs", protocol="finetune", train_split="train",
+  subject = subjects.resolve_subject(str(tmp_path / "mu7.npz"), model_kwargs={"variant": "mu/7", "pool_type": "gap"})
+  task = tasks.make_task(name="blobs_ft", dataset="evalkit_test_blobs", protocol="finetune", train_split="train",
                     test_split="test", pp="decode|resize(28)|value_range(-1, 1)",
                     pp_train="decode|resize(28)|flip_lr|value_range(-1, 1)", batch_size=32, total_steps=30,
                     warmup_steps=5, lr_grid=(0.03,), minival_fraction=0.1, polyak_decay=0.9, extra_tests=EXTRAS)
   settings = evaluate.EvalSettings(data_dir=blobs_dir, results_dir=str(tmp_path / "r"), progress=False)
-  record, _, items = finetune.evaluate_finetune(subject, task, settings, distributed.data_mesh())
+  record, _, items = evaluate.evaluate_task(subject, task, settings, distributed.data_mesh())
   same, real = record["extra_tests"]["same"], record["extra_tests"]["real"]
   for key in ("top1", "top1_polyak"):
     assert same["metrics"][key] == record["metrics"][key]
-    acc, n = expected_real(items[f"predictions_{key}"])
+    acc, n = expected_real(items["predictions"][list(items["episodes"]).index(key)])
     assert real["metrics"][key]["value"] == pytest.approx(acc) and real["metrics"][key]["n"] == n == 120
     lo, hi = real["metrics"][key]["ci95"]
     assert lo <= acc <= hi

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import distributed, features, fewshot
+from evalkit import distributed, features
+from evalkit.probes import ridge
 from evalkit.data import pp, source
 from evalkit.models import vit
 
@@ -47,8 +48,8 @@ def test_features_do_not_depend_on_devices_or_batch_size(tiny, digits):
     for split in ("train", "test"):
       np.testing.assert_array_equal(run[split].x, ref[split].x)  # fixed micro-batches: bit-identical
       np.testing.assert_array_equal(run[split].labels, ref[split].labels)
-    accs[name] = fewshot.ridge_fewshot(run["train"].x, run["train"].labels, run["test"].x, run["test"].labels,
-                                       num_classes=10, shots=(1, 10), seeds=(0, 1))
+    accs[name] = ridge.ridge_fewshot(run["train"].x, run["train"].labels, run["test"].x, run["test"].labels,
+                                     num_classes=10, shots=(1, 10), seeds=(0, 1))
   assert accs["1dev_b64"] == accs["8dev_b64"] == accs["8dev_b200"]
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from evalkit import fewshot
+from evalkit.probes import ridge
 
 
 def reference_episode(x_train, y_train, x_test, num_classes, shots, seed, l2_reg):
@@ -38,7 +38,7 @@ def test_ridge_matches_float64_reference(dim):
   x_train, y_train = blobs(40, 10, dim, seed=0)
   x_test, y_test = blobs(60, 10, dim, seed=1)
   shots, seeds = (1, 5, 10), (0, 1, 2)
-  accs = fewshot.ridge_fewshot(x_train, y_train, x_test, y_test, num_classes=10, shots=shots, seeds=seeds)
+  accs = ridge.ridge_fewshot(x_train, y_train, x_test, y_test, num_classes=10, shots=shots, seeds=seeds)
   assert set(accs) == {(k, s) for k in shots for s in seeds}
   for (k, s), acc in accs.items():
     pred = reference_episode(x_train, y_train, x_test, 10, k, s, 1024.0)
@@ -51,7 +51,7 @@ def test_ridge_matches_float64_reference(dim):
 
 def test_episodes_follow_protocol_and_are_nested():
   y = np.array([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 0, 1])
-  m = fewshot.episode_manifest(y, 3, shots=(1, 2, 3), seeds=(0, 7))
+  m = ridge.episode_manifest(y, 3, shots=(1, 2, 3), seeds=(0, 7))
   rng = np.random.default_rng(7)
   perms = [rng.permutation(np.flatnonzero(y == c)) for c in range(3)]
   np.testing.assert_array_equal(m[(2, 7)], np.concatenate([p[:2] for p in perms]))
@@ -79,7 +79,7 @@ def test_loo_error_equals_brute_force(dim):
   x_train, y_train = blobs(12, 4, dim, seed=3)
   x_test, y_test = blobs(5, 4, dim, seed=4)
   grid = (2.0**-3, 1.0, 8.0, 64.0, 1024.0)
-  probe = fewshot.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=4)
+  probe = ridge.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=4)
   ep = probe.run(shots=(6,), seeds=(0,), l2_grid=grid)[0]
   xs = x_train[ep.train_positions].astype(np.float64)
   mean, std = xs.mean(0), xs.std(0) + 1e-5
@@ -94,7 +94,7 @@ def test_loo_error_equals_brute_force(dim):
 def test_digits_raw_pixels_fewshot_is_sane():
   digits = load_digits()
   x, y = digits.data.astype(np.float32), digits.target
-  accs = fewshot.ridge_fewshot(x[:1297], y[:1297], x[1297:], y[1297:], num_classes=10, shots=(1, 10), seeds=(0, 1))
+  accs = ridge.ridge_fewshot(x[:1297], y[:1297], x[1297:], y[1297:], num_classes=10, shots=(1, 10), seeds=(0, 1))
   ten = np.mean([accs[(10, s)] for s in (0, 1)])
   one = np.mean([accs[(1, s)] for s in (0, 1)])
   assert 0.70 < ten <= 1.0 and one < ten, accs  # measured: 1-shot ≈ 0.58, 10-shot ≈ 0.78
@@ -103,11 +103,11 @@ def test_digits_raw_pixels_fewshot_is_sane():
 def test_summary_reports_mean_and_std_over_seeds():
   x_train, y_train = blobs(30, 5, 12, seed=5)
   x_test, y_test = blobs(20, 5, 12, seed=6)
-  eps = fewshot.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=5).run(shots=(5,), seeds=(0, 1, 2))
-  s = fewshot.summarize(eps)["5shot"]
+  eps = ridge.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=5).run(shots=(5,), seeds=(0, 1, 2))
+  s = ridge.summarize(eps)["5shot"]
   accs = [ep.accuracy for ep in eps]
-  assert s["mean"] == pytest.approx(np.mean(accs)) and s["std"] == pytest.approx(np.std(accs))
-  assert set(s["loo"]["l2_reg"].values()) <= set(fewshot.LOO_L2_GRID)
+  assert s["value"] == pytest.approx(np.mean(accs)) and s["std"] == pytest.approx(np.std(accs))
+  assert set(s["loo"]["l2_reg"].values()) <= set(ridge.LOO_L2_GRID)
 
 
 def test_solver_runs_every_product_at_highest_precision():
@@ -119,16 +119,16 @@ def test_solver_runs_every_product_at_highest_precision():
   import re
   x_train, y_train = blobs(6, 4, 12, seed=0)
   x_test, _ = blobs(5, 4, 12, seed=1)
-  probe = fewshot.RidgeProbe(x_train, y_train, x_test, np.zeros(len(x_test)), num_classes=4)
+  probe = ridge.RidgeProbe(x_train, y_train, x_test, np.zeros(len(x_test)), num_classes=4)
   for n in (8, 20):  # both branches: N < D + 1 (eigh of XXᵀ) and N ≥ D + 1 (eigh of XᵀX)
     positions = np.arange(n)
     text = probe._solve.lower(x_train[positions], y_train[positions].astype(np.int32), probe.x_test, np.float32(1.0),
-                              np.asarray(fewshot.LOO_L2_GRID, np.float32), num_classes=4).as_text()
+                              np.asarray(ridge.LOO_L2_GRID, np.float32), num_classes=4).as_text()
     dots = [line for line in text.splitlines() if "dot_general" in line]
     assert len(dots) >= 6
     assert all("precision = [HIGHEST, HIGHEST]" in line for line in dots), [d for d in dots if "HIGHEST" not in d]
   # The check itself can fail: the same solve traced without the wrapper carries default precision.
   import jax
-  plain = jax.jit(fewshot._solve_episode, static_argnames=("num_classes",))
+  plain = jax.jit(ridge._solve_episode, static_argnames=("num_classes",))
   text = plain.lower(x_train, y_train.astype(np.int32), x_test, np.float32(1.0), None, num_classes=4).as_text()
   assert not re.search(r"precision = \[HIGHEST", text)

@@ -5,7 +5,10 @@ import math
 import jax
 import pytest
 
-from evalkit import distributed, evaluate, finetune, pretrain, pretrain_configs, tasks
+from evalkit import distributed, evaluate, subjects, tasks
+from evalkit.adapters import finetune
+from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def digits_ckpt(data_dir, tmp_path_factory):
                             head_bias_init=-math.log(10))
   run = pretrain.build_run(cfg, str(tmp_path_factory.mktemp("pre")), data_dir=data_dir, progress=False)
   final = pretrain.train(run)["final"]
-  return evaluate.resolve_subject(f"{final}.toml", name="digits_pre")
+  return subjects.resolve_subject(f"{final}.toml", name="digits_pre")
 
 
 def settings(data_dir, tmp_path):
@@ -30,14 +33,14 @@ def settings(data_dir, tmp_path):
 
 
 def digits_task(**overrides):
-  return dataclasses.replace(tasks.load_task("digits_finetune"), **overrides)
+  return tasks.load_task("digits_finetune").replace(**overrides)
 
 
 @pytest.fixture(scope="module")
 def selection_run(digits_ckpt, data_dir, tmp_path_factory):
   """One grid with an absurd lr (diverges), a uselessly small one, and a good one; Polyak weights scored too."""
   task = digits_task(lr_grid=(1e6, 1e-5, 0.1), polyak_decay=0.9, total_steps=100, warmup_steps=10)
-  record, manifest, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path_factory.mktemp("sel")),
+  record, manifest, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path_factory.mktemp("sel")),
                                                 distributed.data_mesh())
   return record, manifest
 
@@ -86,7 +89,7 @@ def test_minival_is_disjoint_from_train_and_test(selection_run, data_dir):
 def test_resolution_change_28_to_56(digits_ckpt, data_dir, tmp_path):
   task = digits_task(pp="decode|resize(56)|value_range(-1, 1)", pp_train="decode|resize(64)|random_crop(56)|"
                      "value_range(-1, 1)", lr_grid=(0.1,), total_steps=30, warmup_steps=5)
-  record, _, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path), distributed.data_mesh())
+  record, _, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path), distributed.data_mesh())
   assert record["data"]["image_size"] == [56, 56]  # 8×8 patches: posemb resampled from the 4×4 grid
   assert record["metrics"]["top1"]["value"] > 0.15  # far above chance (0.10) after 30 steps at the new size
 
@@ -94,9 +97,9 @@ def test_resolution_change_28_to_56(digits_ckpt, data_dir, tmp_path):
 def test_interrupted_finetune_resumes_identical(digits_ckpt, data_dir, tmp_path):
   task = digits_task(lr_grid=(0.1,), total_steps=40, warmup_steps=5)
   mesh = distributed.data_mesh()
-  full, _, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path / "a"), mesh)
-  finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path / "b"), mesh, stop_at=20)
-  resumed, _, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path / "b"), mesh)
+  full, _, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path / "a"), mesh)
+  evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path / "b"), mesh, stop_at=20)
+  resumed, _, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path / "b"), mesh)
   assert resumed["metrics"] == full["metrics"] and resumed["lr_curve"] == full["lr_curve"]
 
 
@@ -104,7 +107,7 @@ def test_one_and_eight_devices_agree(digits_ckpt, data_dir, tmp_path):
   task = digits_task(lr_grid=(0.1,), total_steps=40, warmup_steps=5)
   top1 = {}
   for n in (1, 8):
-    record, _, _ = finetune.evaluate_finetune(digits_ckpt, task, settings(data_dir, tmp_path / str(n)),
+    record, _, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path / str(n)),
                                            distributed.data_mesh(jax.devices()[:n]))
     top1[n] = record["metrics"]["top1"]["value"]
   # Gradients are all-reduced in another order on 8 devices, so the runs drift apart in the last bits; after 40 SGD

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from evalkit import flops
+from evalkit.train import flops
 from evalkit.models import vit
 
 

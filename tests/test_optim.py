@@ -1,4 +1,4 @@
-"""Tests for evalkit.optim: the optax chains against an independent float64 numpy reference of the recipe in docs/protocols.md ("Pre-training recipe").
+"""Tests for evalkit.train.optim: the optax chains against an independent float64 numpy reference of the recipe in docs/protocols.md ("Pre-training recipe").
 
 The reference re-derives every formula (global-norm clip, Adafactor's factored second moment with the capped β2,
 momentum / Adam moments, lr, decoupled weight decay × schedule) without touching optax or evalkit internals. Two
@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 
-from evalkit import optim
+from evalkit.train import optim
 
 BF16 = ml_dtypes.bfloat16
 BF16_NINE_TENTHS = float(BF16(0.9))  # 0.8984375
@@ -36,7 +36,7 @@ SHAPES = {
     "head/kernel": (40, 10),
     "head/bias": (10,),
 }
-# Written out by hand (not via optim.wd_multipliers) for wd_mults [("head/kernel", 100), (".*/kernel", 1)].
+# Written out by hand (not via the optimizer's masks) for wd_mults [("head/kernel", 100), (".*/kernel", 1)].
 WD_MULT = {name: (100.0 if name == "head/kernel" else 1.0 if name.endswith("/kernel") else 0.0) for name in SHAPES}
 WD_MULTS = [("head/kernel", 100.0), (".*/kernel", 1.0)]
 
@@ -370,8 +370,19 @@ def _example_params():
   return _nest({name: np.zeros((2,), np.float32) for name in names})
 
 
+def wd_multipliers(params, wd_mults):
+  """Per-leaf weight-decay multipliers as the real optimizer applies them: with zero gradients (so a zero momentum
+  step), lr 1, wd 1 and a constant schedule, the update of a leaf of ones is −mult."""
+  ones = jax.tree.map(jnp.ones_like, params)
+  config = {"optimizer": "momentum_hp", "lr": 1.0, "wd": 1.0, "wd_mults": wd_mults,
+            "schedule": {"decay_type": "constant", "warmup_steps": 0}}
+  tx, _ = optim.make(config, ones, 10)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, ones), tx.init(ones), ones)
+  return jax.tree.map(lambda u: float(-u[0]), updates)
+
+
 def test_wd_multipliers_first_match_wins():
-  mults = _flat(optim.wd_multipliers(_example_params(), WD_MULTS))
+  mults = _flat(wd_multipliers(_example_params(), WD_MULTS))
   assert mults["head/kernel"] == 100.0
   assert mults["Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"] == 1.0
   assert mults["Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"] == 1.0
@@ -379,11 +390,11 @@ def test_wd_multipliers_first_match_wins():
                "Transformer/encoderblock_0/LayerNorm_0/scale", "Transformer/encoder_norm/scale"):
     assert mults[name] == 0.0, name
   # Reversed order: the generic kernel pattern matches head/kernel first.
-  assert _flat(optim.wd_multipliers(_example_params(), WD_MULTS[::-1]))["head/kernel"] == 1.0
+  assert _flat(wd_multipliers(_example_params(), WD_MULTS[::-1]))["head/kernel"] == 1.0
 
 
 def test_default_wd_mults_cover_every_kernel_including_head():
-  mults = _flat(optim.wd_multipliers(_example_params(), None))
+  mults = _flat(wd_multipliers(_example_params(), None))
   for name, mult in mults.items():
     assert mult == (1.0 if name.split("/")[-1] == "kernel" else 0.0), name
   assert mults["head/kernel"] == 1.0 and mults["kernel"] == 1.0
@@ -391,7 +402,7 @@ def test_default_wd_mults_cover_every_kernel_including_head():
 
 def test_wd_pattern_with_leading_slash_raises():
   with pytest.raises(ValueError):
-    optim.wd_multipliers(_example_params(), [("/head/kernel", 1.0)])
+    wd_multipliers(_example_params(), [("/head/kernel", 1.0)])
 
 
 def test_config_errors_and_big_vision_aliases():

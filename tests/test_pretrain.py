@@ -12,7 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import cards, checkpoints, distributed, flops, optim, pretrain, pretrain_configs, training
+from evalkit import checkpoints, distributed
+from evalkit.checkpoints import cards
+from evalkit.train import flops
+from evalkit.train import optim
+from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
+from evalkit.train import loop
 
 
 def tiny_config(**overrides):
@@ -20,7 +26,7 @@ def tiny_config(**overrides):
 
 
 def flat(path):
-  return checkpoints.read_flat(str(path))[0]
+  return checkpoints.read_flat(str(path))
 
 
 def final_params(workdir, step):
@@ -56,7 +62,7 @@ def test_loss_falls_and_cards_are_written(full_run):
   batch = next(run.reader.iter_id_batches([(run.stream.global_ids(0), (0, 0))], run.preprocess))
   labels = jax.nn.one_hot(batch["label"], run.num_classes)
   def loss(p):
-    return float(training.sigmoid_xent(run.model.apply({"params": p}, batch["image"])[0], labels))
+    return float(loop.sigmoid_xent(run.model.apply({"params": p}, batch["image"])[0], labels))
   init = pretrain.init_params(run.model, run.image_size, 0, -10.0)
   trained = jax.tree.map(jnp.asarray, checkpoints.load_params(str(exported["final"]), model=run.model,
                                                               image_size=(28, 28)))
@@ -102,8 +108,8 @@ def test_first_losses_do_not_depend_on_device_count(data_dir, tmp_path):
     run = pretrain.build_run(tiny_config(), str(tmp_path / f"d{n}"), data_dir=data_dir, mesh=mesh, progress=False)
     params = pretrain.init_params(run.model, run.image_size, 0, -10.0)
     tx, _ = optim.make(run.config.to_dict(), params, 60)
-    state = training.init_state(params, tx)
-    step_fn = training.make_train_step(run.model, tx, mesh, loss=training.sigmoid_xent, num_classes=run.num_classes)
+    state = loop.init_state(params, tx)
+    step_fn = loop.make_train_step(run.model, tx, mesh, loss=loop.sigmoid_xent, num_classes=run.num_classes)
     batches = run.reader.iter_id_batches(run.stream.local_batches(0, 5), run.preprocess)
     losses[n] = []
     for batch in batches:

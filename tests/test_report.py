@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import checkpoints, compare, distributed, evaluate, leaderboard, results, tasks
+from evalkit import checkpoints, distributed, evaluate, results, subjects, tasks
+from evalkit.analysis import compare
+from evalkit.report import leaderboard
 from evalkit.models import vit
 
 
@@ -19,16 +21,16 @@ from evalkit.models import vit
 def results_dir(data_dir, tmp_path_factory):
   """Real results on digits for raw pixels and two random-init ViTs, plus one computed under another spec."""
   out = tmp_path_factory.mktemp("report")
-  subjects = [evaluate.resolve_subject(evaluate.PIXELS)]
+  subject_list = [subjects.resolve_subject(subjects.PIXELS)]
   for seed in (0, 1):
     model = vit.ViT(num_classes=None, variant="mu/7", pool_type="map")
     params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 3)))["params"]
     path = out / f"vit_seed{seed}.npz"
     checkpoints.save_npz(path, params)
-    subjects.append(evaluate.resolve_subject(str(path), model_kwargs={"variant": "mu/7", "pool_type": "map"}))
+    subject_list.append(subjects.resolve_subject(str(path), model_kwargs={"variant": "mu/7", "pool_type": "map"}))
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out / "results"), progress=False)
   task_list = [tasks.load_task("digits"), tasks.load_task("digits_heldout")]
-  for subject in subjects:
+  for subject in subject_list:
     assert {row[1] for row in evaluate.run(subject, task_list, settings, distributed.data_mesh())} == {"done"}
   # A fourth row whose digits result was computed under another spec (e.g. other shots): must not be ranked.
   odd = out / "results" / "other_spec"

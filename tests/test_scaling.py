@@ -5,9 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from evalkit import flops, results, scaling, sweep
+from evalkit import results
+from evalkit.train import flops
+from evalkit.analysis import scaling
+from evalkit.studies import sweep
 from evalkit.models import vit
-from test_cli import error_lines, run_cli
+from conftest import error_lines, run_cli
 
 TRUE_LAW = {"a": 40.0, "b": 0.2, "c": 0.08, "d": 3e10}
 

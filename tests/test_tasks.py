@@ -4,7 +4,8 @@ import types
 import pytest
 import tensorflow_datasets as tfds
 
-from evalkit import finetune, tasks
+from evalkit import tasks
+from evalkit.adapters import finetune
 
 BV_TEST_PP = "decode|resize_small(448)|central_crop(384)|value_range(-1, 1)"
 BV_TRAIN_PP = {
@@ -23,28 +24,29 @@ BV_TRANSFER = {
 
 @pytest.mark.parametrize("crop", sorted(BV_TRAIN_PP))
 def test_crop_writes_big_vision_pp(crop):
-  assert tasks.transfer_pp(crop) == (BV_TRAIN_PP[crop], BV_TEST_PP)
+  assert finetune.transfer_pp(crop) == (BV_TRAIN_PP[crop], BV_TEST_PP)
 
 
 @pytest.mark.parametrize("name", sorted(BV_TRANSFER))
 def test_finetune_specs_follow_the_transfer_config(name):
   pct, steps, warmup, lrs, crop = BV_TRANSFER[name]
   task = tasks.load_task(name)
-  assert (task.pp, task.pp_train) == (BV_TEST_PP, BV_TRAIN_PP[crop])
-  assert (task.total_steps, task.warmup_steps, task.lr_grid, task.batch_size) == (steps, warmup, lrs, 512)
-  assert (task.decay_type, task.grad_clip_norm, task.train_split) == ("cosine", 1.0, "train")
+  assert (task.pp, task.config.pp_train) == (BV_TEST_PP, BV_TRAIN_PP[crop])
+  cfg = task.config
+  assert (cfg.total_steps, cfg.warmup_steps, cfg.lr_grid, cfg.batch_size) == (steps, warmup, lrs, 512)
+  assert (task.config.decay_type, task.config.grad_clip_norm, task.train_split) == ("cosine", 1.0, "train")
   # The held-out minival is exactly tfds' `train[{100-pct}%:]`, for the dataset's real train size and others.
   for n in (1_281_167, 50_000, 3_680, 1_020, 1_297, 333):
     infos = {"train": types.SimpleNamespace(num_examples=n)}
     want = tfds.core.ReadInstruction.from_spec(f"train[{100 - pct}%:]").to_absolute(infos)[0].from_
-    assert finetune.minival_cut(0, n, task.minival_fraction) == want, (name, n)
+    assert finetune.minival_cut(0, n, task.config.minival_fraction) == want, (name, n)
 
 
 def test_imagenet_518_is_the_papers_g14_protocol():
   task = tasks.load_task("imagenet2012_finetune_518")
   assert task.pp == "decode|resize_small(604)|central_crop(518)|value_range(-1, 1)"
-  assert task.pp_train == "decode|inception_crop(518)|flip_lr|value_range(-1, 1)"
-  assert task.decay_type == "constant" and task.polyak_decay and task.headline_metric == "top1_polyak"
+  assert task.config.pp_train == "decode|inception_crop(518)|flip_lr|value_range(-1, 1)"
+  assert task.config.decay_type == "constant" and task.config.polyak_decay and task.headline_metric == "top1_polyak"
   assert [e.name for e in task.extra_tests] == ["real", "v2"] == [e.name for e in tasks.load_task(
       "imagenet2012_finetune").extra_tests]
   assert tasks.load_task("imagenet2012_finetune").extra_tests[0].label_key == "real_label"
@@ -65,7 +67,7 @@ def test_new_optional_fields_leave_old_spec_hashes_alone():
 @pytest.mark.parametrize("body, needle", [
     ('crop = "inception_crop"\npp_train = "decode"', "`crop` writes pp and pp_train"),
     ('crop = "center_crop"', "unknown crop 'center_crop'"),
-    ('crop = "resize_crop"\nheadline = "top1_polyak"', "top1_polyak needs polyak_decay"),
+    ('crop = "resize_crop"\nheadline = "top1_polyak"', "'top1_polyak' is not a metric this task reports"),
     ('crop = "resize_crop"\n[[extra_tests]]\nname = "x"', "missing ['dataset', 'split']"),
 ])
 def test_bad_finetune_specs_are_one_line_errors(tmp_path, body, needle):

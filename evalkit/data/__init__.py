@@ -5,10 +5,9 @@
     batch["image"], batch["label"], batch["id"]
 """
 from evalkit.data import pp
+from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable
 from evalkit.data.pp import Preprocess, parse
-from evalkit.data.source import (DatasetNotPrepared, SplitReader,
-                                 dataset_fingerprint, default_data_dir,
-                                 open_split)
+from evalkit.data.source import Reader, SplitReader, dataset_fingerprint, default_data_dir, open_split
 
-__all__ = ["pp", "Preprocess", "parse", "DatasetNotPrepared", "SplitReader",
+__all__ = ["pp", "Preprocess", "parse", "DatasetNotPrepared", "DatasetUnreadable", "Reader", "SplitReader",
            "dataset_fingerprint", "default_data_dir", "open_split"]

@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from evalkit.data.source import DatasetNotPrepared
+from evalkit.data.errors import DatasetNotPrepared
 
 FASHION_MNIST_ENV = "EVALKIT_FASHION_MNIST_DIR"
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"

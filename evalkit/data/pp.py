@@ -36,7 +36,6 @@ from __future__ import annotations
 import ast
 import dataclasses
 import io
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 

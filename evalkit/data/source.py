@@ -24,44 +24,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import functools
 import hashlib
 import os
 import threading
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
 
+from evalkit.data import embedded
 from evalkit.data import pp as pp_lib
+from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable, prepare_command
 
 Example = dict[str, Any]
-
-
-class DatasetNotPrepared(Exception):
-  """A dataset is not in the data_dir (or cannot be prepared); one-line message."""
-
-  def __init__(self, name: str, data_dir: str | None, how: str | None = None,
-               *, manual: bool = False):
-    self.name, self.data_dir = name, data_dir
-    if how is None:
-      how = f"prepare it with {prepare_command(name, data_dir)}"
-      manual_dir = os.path.join(str(data_dir), "downloads", "manual")
-      if name.split("/")[0].split(":")[0].startswith("imagenet2012"):
-        how += (" after placing the manual download (ILSVRC2012_img_train.tar, "
-                f"ILSVRC2012_img_val.tar) in {manual_dir}")
-      elif manual:
-        how += f" after placing its manual download in {manual_dir}"
-    where = f" in data_dir {data_dir}" if data_dir else ""
-    super().__init__(f"Dataset {name!r} is not prepared{where}: {how}")
-
-
-def prepare_command(name: str, data_dir: str | None) -> str:
-  """A command that prepares `name` as array_record with what evalkit installs (`tfds build` needs TensorFlow)."""
-  return (f"`python3 -c \"import tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{data_dir}')"
-          f".download_and_prepare(file_format='array_record')\"`")
 
 
 def default_data_dir() -> str:
@@ -105,8 +82,6 @@ def shard_bounds(start: int, stop: int, process_index: int,
 
 def _load_builder(name: str, data_dir: str):
   """A prepared builder for `name`, preparing embedded datasets on first use."""
-  # Imported here: embedded.py imports DatasetNotPrepared from this module.
-  from evalkit.data import embedded  # pylint: disable=g-import-not-at-top
   base, version = split_name_version(name)
   if base in embedded.EMBEDDED and version in (
       None, str(embedded.EMBEDDED[base].VERSION)):
@@ -182,10 +157,6 @@ class _ArrayRecordBackend:
     return [self.decoder.deserialize(r, images) for r in records]
 
 
-class DatasetUnreadable(Exception):
-  """A prepared dataset that cannot be read in this installation; one-line message."""
-
-
 class _TfRecordBackend:
   """Sequential reading through tf.data, examples in file order."""
 
@@ -217,7 +188,7 @@ class _TfRecordBackend:
       yield self.decoder.decode_images(example) if images else example
 
 
-def _stack(examples: list[Example]) -> dict[str, np.ndarray]:
+def stack_examples(examples: list[Example]) -> dict[str, np.ndarray]:
   out = {}
   for key in examples[0]:
     values = [e[key] for e in examples]
@@ -231,7 +202,7 @@ def _stack(examples: list[Example]) -> dict[str, np.ndarray]:
   return out
 
 
-def _ordered_batches(batches: Iterator[list[Callable[[], dict]]],
+def ordered_batches(batches: Iterator[list[Callable[[], dict]]],
                      num_threads: int, prefetch: int
                      ) -> Iterator[dict[str, np.ndarray]]:
   """Runs each batch's part-jobs in a thread pool; yields batches in order.
@@ -272,6 +243,35 @@ def example_rng(seed: int | tuple[int, ...] | None, example_id) -> np.random.Gen
 
 def default_num_threads() -> int:
   return min(16, os.cpu_count() or 1)
+
+
+class Reader(Protocol):
+  """What every stage after the data reads from a split: `SplitReader` (TFDS files) and `memory.ArrayReader`.
+
+  `ids` are this process's absolute example ids in dataset order; `shard_sizes` every process's share of them;
+  batches are dicts of stacked arrays with "image", "label" and "id" after the pp, in `ids` order.
+  """
+  global_start: int
+  global_stop: int
+
+  @property
+  def ids(self) -> np.ndarray: ...
+
+  @property
+  def shard_sizes(self) -> list[int]: ...
+
+  @property
+  def num_classes(self) -> int | None: ...
+
+  def __len__(self) -> int: ...
+
+  def read_labels(self) -> np.ndarray: ...
+
+  def content_digest(self, file_hash: Callable[[Path], str]) -> str: ...
+
+  def iter_batches(self, batch_size: int, preprocess=None, **kw) -> Iterator[dict[str, np.ndarray]]: ...
+
+  def iter_id_batches(self, id_batches, preprocess=None, **kw) -> Iterator[dict[str, np.ndarray]]: ...
 
 
 @dataclasses.dataclass
@@ -370,7 +370,7 @@ class SplitReader:
           example = preprocess(example, rng)
         example["id"] = np.int64(example_id)
         outs.append(example)
-      return _stack(outs)
+      return stack_examples(outs)
     return job
 
   def _batch_jobs(self, ids: np.ndarray, raw: list[Example] | None,
@@ -422,7 +422,7 @@ class SplitReader:
       jobs = (self._batch_jobs(c, [next(stream) for _ in c], preprocess, seed,
                                num_threads)
               for c in chunks)
-    yield from _ordered_batches(jobs, num_threads,
+    yield from ordered_batches(jobs, num_threads,
                                 2 if prefetch is None else prefetch)
 
   def iter_id_batches(self, id_batches: Iterable[tuple[np.ndarray, Any]],
@@ -444,7 +444,7 @@ class SplitReader:
     num_threads = max(1, num_threads or default_num_threads())
     jobs = (self._batch_jobs(np.asarray(ids), None, preprocess, seed, num_threads)
             for ids, seed in id_batches)
-    yield from _ordered_batches(jobs, num_threads,
+    yield from ordered_batches(jobs, num_threads,
                                 2 if prefetch is None else prefetch)
 
   def content_digest(self, file_hash: Callable[[Path], str]) -> str:
@@ -521,7 +521,6 @@ def dataset_fingerprint(reader: SplitReader) -> dict[str, Any]:
 
 def availability(name: str, data_dir: str | None = None) -> str:
   """A short word on whether `name` can be read from data_dir, without preparing or reading anything."""
-  from evalkit.data import embedded  # pylint: disable=g-import-not-at-top
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   base, version = split_name_version(name)
   if base in embedded.EMBEDDED and version in (None, str(embedded.EMBEDDED[base].VERSION)):
@@ -532,76 +531,3 @@ def availability(name: str, data_dir: str | None = None) -> str:
   pattern = f"{base}/**/{version}/dataset_info.json" if version else f"{base}/**/dataset_info.json"
   prepared = any(Path(data_dir).glob(pattern))
   return "prepared" if prepared else "not prepared"
-
-
-class ArrayReader:
-  """An in-memory split with SplitReader's reading interface (benchmarks, tests, arrays from elsewhere).
-
-  Rows are sharded over processes exactly like SplitReader; ids are row indices.
-  """
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray, *, example_ids: np.ndarray | None = None,
-               num_classes: int | None = None, process_index: int = 0, process_count: int = 1):
-    self.images, self.labels = images, np.asarray(labels)
-    # Absolute ids of the rows (ascending), e.g. those of the split the arrays were read from.
-    self.example_ids = np.arange(len(images), dtype=np.int64) if example_ids is None else np.asarray(example_ids)
-    self.num_classes = num_classes if num_classes is not None else int(self.labels.max()) + 1
-    self.process_index, self.process_count = process_index, process_count
-    self.global_start, self.global_stop = int(self.example_ids[0]), int(self.example_ids[-1]) + 1
-
-  @property
-  def shard_sizes(self) -> list[int]:
-    return [b - a for a, b in (shard_bounds(0, len(self.images), p, self.process_count)
-                               for p in range(self.process_count))]
-
-  @property
-  def ids(self) -> np.ndarray:
-    return self.example_ids[slice(*shard_bounds(0, len(self.images), self.process_index, self.process_count))]
-
-  def __len__(self) -> int:
-    return len(self.ids)
-
-  def read_labels(self) -> np.ndarray:
-    return self.labels[self._rows(self.ids)]
-
-  def content_digest(self, file_hash=None) -> str:
-    """sha256 of the arrays themselves (SplitReader.content_digest's counterpart; no files involved)."""
-    h = hashlib.sha256()
-    for a in (self.images, self.labels, self.example_ids):
-      h.update(f"{a.dtype}{a.shape}".encode())
-      h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-  def _rows(self, ids: np.ndarray) -> np.ndarray:
-    rows = np.minimum(np.searchsorted(self.example_ids, ids), len(self.example_ids) - 1)
-    if not np.array_equal(self.example_ids[rows], ids):  # searchsorted alone would map them to a neighbour
-      missing = np.setdiff1d(ids, self.example_ids)
-      raise ValueError(f"example ids not in this in-memory split, e.g. {missing[:5].tolist()}")
-    return rows
-
-  def _batch(self, ids: np.ndarray, preprocess, seed) -> dict[str, np.ndarray]:
-    examples = [{"image": self.images[r], "label": self.labels[r]} for r in self._rows(ids)]
-    if preprocess is not None:
-      examples = [preprocess(e, example_rng(seed, i)) for e, i in zip(examples, ids)]
-    return {**_stack(examples), "id": np.asarray(ids, np.int64)}
-
-  def iter_batches(self, batch_size: int, preprocess: pp_lib.Preprocess | str | None = None,
-                   **unused_kw) -> Iterator[dict[str, np.ndarray]]:
-    preprocess = pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
-    ids = self.ids
-    for i in range(0, len(ids), batch_size):
-      yield self._batch(ids[i:i + batch_size], preprocess, None)
-
-  def iter_id_batches(self, id_batches, preprocess: pp_lib.Preprocess | str | None = None, *,
-                      prefetch: int = 2, **unused_kw) -> Iterator[dict[str, np.ndarray]]:
-    """Like SplitReader.iter_id_batches; batches are prepared ahead in a background thread."""
-    preprocess = pp_lib.parse(preprocess) if isinstance(preprocess, str) else preprocess
-    jobs = ([functools.partial(self._batch, np.asarray(ids), preprocess, seed)] for ids, seed in id_batches)
-    yield from _ordered_batches(jobs, 1, prefetch)
-
-
-def load_into_memory(reader: SplitReader, pp_spec: str = "decode", batch_size: int = 1024) -> ArrayReader:
-  """The whole split, decoded once into host memory (small upstream sets: no per-epoch PNG/JPEG decoding)."""
-  parts = list(reader.iter_batches(batch_size, pp_spec))
-  return ArrayReader(np.concatenate([p["image"] for p in parts]), np.concatenate([p["label"] for p in parts]),
-                     example_ids=np.concatenate([p["id"] for p in parts]), num_classes=reader.num_classes)

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from evalkit import stats
+
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
 DEFAULT_L2_REG = 1024.0  # 2**10, big_vision's fixed value.
@@ -44,12 +46,6 @@ def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[
   labels = np.asarray(labels)
   rng = np.random.default_rng(seed)
   return [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
-
-
-def episode_indices(labels: np.ndarray, num_classes: int, shots: int, seed: int) -> np.ndarray:
-  """Positions (into `labels`) of the `shots`-shot set for `seed`, ordered by class then permutation."""
-  perms = class_permutations(labels, num_classes, seed)
-  return np.concatenate([p[:shots] for p in perms]).astype(np.int64)
 
 
 def episode_manifest(labels, num_classes, shots: Sequence[int], seeds: Sequence[int]) -> dict:
@@ -175,7 +171,6 @@ class Episode:
   loo_l2_reg: float | None = None  # λ chosen by leave-one-out on the k-shot set
   loo_accuracy: float | None = None  # test accuracy at that λ
   loo_errors: list[float] | None = None  # LOO error for every λ of the grid
-  loo_predictions: np.ndarray | None = None
 
 
 class RidgeProbe:
@@ -229,7 +224,6 @@ class RidgeProbe:
         ep.loo_l2_reg = float(l2_grid[best])
         ep.loo_accuracy = self._accuracy(pred_loo)
         ep.loo_errors = [float(v) for v in loo_err]
-        ep.loo_predictions = pred_loo
       episodes.append(ep)
     return episodes
 
@@ -247,23 +241,23 @@ def ridge_fewshot(x_train, y_train, x_test, y_test, *, num_classes: int,
 
 
 def summarize(episodes: Sequence[Episode], y_test: np.ndarray | None = None) -> dict:
-  """Per shot count: per-seed accuracies, mean and (population) std over seeds, for fixed-λ and LOO-λ results.
+  """Per shot count, a Metric: `value` = mean accuracy over seeds, `per_seed`, population `std` over seeds, and the
+  same for the LOO-chosen λ under `loo`.
 
-  With the test labels, also `se` and `ci95` of the mean, combining the spread over seeds (episode draws) with a
-  bootstrap over test items (`evalkit.stats.accuracy_interval`).
+  With the test labels, also `se`, `ci95` and `n` (test items) of the mean, combining the spread over seeds (episode
+  draws) with a bootstrap over test items (`evalkit.stats.accuracy_interval`).
   """
-  from evalkit import stats  # pylint: disable=g-import-not-at-top
   out = {}
   for k in sorted({ep.shots for ep in episodes}):
     eps = sorted((ep for ep in episodes if ep.shots == k), key=lambda ep: ep.seed)
     acc = np.array([ep.accuracy for ep in eps])
-    row = {"per_seed": {str(ep.seed): ep.accuracy for ep in eps}, "mean": float(acc.mean()), "std": float(acc.std())}
+    row = {"value": float(acc.mean()), "per_seed": {str(ep.seed): ep.accuracy for ep in eps}, "std": float(acc.std())}
     if y_test is not None:
       interval = stats.accuracy_interval(np.stack([ep.predictions == y_test for ep in eps]))
-      row.update(se=interval["se"], ci95=interval["ci95"])
+      row.update(se=interval["se"], ci95=interval["ci95"], n=int(len(y_test)))
     if eps[0].loo_accuracy is not None:
       loo = np.array([ep.loo_accuracy for ep in eps])
-      row["loo"] = {"per_seed": {str(ep.seed): ep.loo_accuracy for ep in eps}, "mean": float(loo.mean()),
+      row["loo"] = {"value": float(loo.mean()), "per_seed": {str(ep.seed): ep.loo_accuracy for ep in eps},
                     "std": float(loo.std()), "l2_reg": {str(ep.seed): ep.loo_l2_reg for ep in eps}}
     out[f"{k}shot"] = row
   return out

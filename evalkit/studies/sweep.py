@@ -23,13 +23,16 @@ from pathlib import Path
 
 import tomli_w
 
-from evalkit import distributed, evaluate, fileio, pretrain, pretrain_configs, results, tasks
+from evalkit import distributed, evaluate, fileio, results, subjects, tasks
+from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
 from evalkit.data import source
+from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
 
 
-class SweepError(Exception):
+class SweepError(EvalkitError):
   """A sweep config that cannot run, or a workdir holding another sweep (one line)."""
 
 
@@ -218,7 +221,7 @@ def _run_cell(config, workdir, model, n, task_list, settings, data_dir, progress
   by_length = _cell_checkpoints(pretrain.train(run))
   t_train = time.perf_counter() - t0
   for steps, path in sorted(by_length.items()):
-    subject = evaluate.resolve_subject(f"{path}.toml", name=checkpoint_name(model, n, steps))
+    subject = subjects.resolve_subject(f"{path}.toml", name=checkpoint_name(model, n, steps))
     for task, status, detail in evaluate.run(subject, task_list, settings, mesh):
       if status == "error":
         raise SweepError(f"{subject.name} / {task}: {detail}")

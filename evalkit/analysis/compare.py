@@ -12,15 +12,17 @@ Overall: the mean Δ over the common tasks, with the per-task bootstrap variance
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from evalkit import results, stats
+from evalkit.errors import EvalkitError
 
 
-class CompareError(Exception):
+class CompareError(EvalkitError):
   """Results that cannot be compared (missing, other spec, other items); one line."""
 
 
@@ -42,14 +44,11 @@ class TaskComparison:
 def _correct(result_file: Path, record: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """(episodes × items) correctness on the headline metric, the test ids, and the episode keys."""
   items = results.load_items(result_file)
-  if record["protocol"] == "fewshot_ridge":
-    prefix = f"{record['headline']['metric']}/"
-    keep = [i for i, key in enumerate(items["episodes"]) if str(key).startswith(prefix)]
-    pred = items["predictions"][keep]
-    keys = [str(items["episodes"][i]) for i in keep]
-  else:
-    pred, keys = items["predictions_top1"][None], ["top1"]
-  return pred == items["test_labels"][None], items["test_ids"], keys
+  keep = results.episodes_of(items, record["headline"]["metric"])
+  if not keep:
+    raise CompareError(f"{result_file}: no per-item predictions for {record['headline']['metric']}")
+  keys = [str(items["episodes"][i]) for i in keep]
+  return items["predictions"][keep] == items["test_labels"][None], items["test_ids"], keys
 
 
 def mcnemar_p(a_only: int, b_only: int) -> float:
@@ -75,11 +74,10 @@ def compare_task(file_a: Path, file_b: Path) -> TaskComparison:
   cb, ids_b, keys_b = _correct(file_b, rb)
   if not np.array_equal(ids_a, ids_b) or keys_a != keys_b:
     raise CompareError(f"{file_a} and {file_b}: not the same test items / episodes")
-  if ra["protocol"] == "fewshot_ridge":
-    ma = results.manifest_path(file_a).read_text() if results.manifest_path(file_a).exists() else None
-    mb = results.manifest_path(file_b).read_text() if results.manifest_path(file_b).exists() else None
-    if ma != mb:
-      raise CompareError(f"{file_a} and {file_b}: the k-shot sets differ")
+  ma, mb = (json.loads(results.manifest_path(f).read_text()) if results.manifest_path(f).exists() else None
+            for f in (file_a, file_b))
+  if ma != mb:  # e.g. other k-shot sets, another minival cut
+    raise CompareError(f"{file_a} and {file_b}: the training examples differ (episode manifests)")
   boot = paired_bootstrap(ca, cb)
   delta = float(ca.mean() - cb.mean())
   lo, hi = np.quantile(boot, [0.025, 0.975])

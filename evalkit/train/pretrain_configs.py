@@ -5,7 +5,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from evalkit.pretrain import PretrainConfig
+from evalkit.train.pretrain import PretrainConfig
 
 # The toy ViT of docs/protocols.md, "Toy scale" (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on Fashion-MNIST
 # train[:50000] — the other 10,000 training images stay unseen, for the in-domain few-shot probe.

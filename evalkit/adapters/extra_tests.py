@@ -66,5 +66,5 @@ def fewshot_metric(predictions_per_seed: np.ndarray, labels: np.ndarray) -> dict
   _, correct = correct_items(predictions_per_seed, labels)
   interval = stats.accuracy_interval(correct)
   acc = correct.mean(axis=1)
-  return {"per_seed": [float(a) for a in acc], "mean": interval["mean"], "std": float(acc.std()),
-          "se": interval["se"], "ci95": interval["ci95"]}
+  return {"value": interval["value"], "per_seed": [float(a) for a in acc], "std": float(acc.std()),
+          "se": interval["se"], "ci95": interval["ci95"], "n": int(correct.shape[-1])}

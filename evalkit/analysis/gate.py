@@ -19,10 +19,10 @@ DEFAULT_Z = 1.645
 
 
 def _metric_entries(record: dict) -> list[dict]:
-  """(metric, value, se) of a result record: every k-shot mean for few-shot, top-1 for fine-tuning."""
+  """(metric, value, se) of every metric of a result record (results.Metric: the same shape for every protocol)."""
   out = []
   for metric, m in record["metrics"].items():
-    value = m["mean"] if "mean" in m else m.get("value")  # few-shot: mean over seeds; fine-tune: top-1
+    value = m.get("value")
     if value is not None:
       out.append({"metric": metric, "value": value, "se": results.metric_se(m)})
   return out

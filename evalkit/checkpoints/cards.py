@@ -10,11 +10,11 @@ Example (checkpoints/vit_g14.toml):
 
   name = "vit_g14"
   description = "ViT-G/14 pre-trained on JFT-3B"
-  format = "npz"                    # "npz" | "orbax"
+  format = "npz"                    # a registered format: "npz" | "orbax"
   path = "vit_g14.npz"              # may carry big_vision's ":prefix"
   source = "Zhai et al., Scaling Vision Transformers, arXiv:2106.04560"
   resolution = 224                  # native image size (pixels, square)
-  dont_load = ["head/.*"]           # optional regexes, see checkpoints.py
+  dont_load = ["head/.*"]           # optional regexes, see checkpoints/fit.py
   [model]                           # ViT() arguments: variant and/or fields
   variant = "G/14"
   pool_type = "map"
@@ -27,20 +27,21 @@ import dataclasses
 import os
 from pathlib import Path
 import tomllib
-from typing import Any, Iterable
+from typing import Any
 
-from evalkit import checkpoints
+from evalkit.checkpoints import formats
+from evalkit.checkpoints.tree import split_spec
+from evalkit.errors import EvalkitError
 from evalkit.models import vit
 
 # The repo's own cards: <repo>/checkpoints/*.toml (next to the package).
-CARDS_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
-FORMATS = ("npz", "orbax")
+CARDS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 _REQUIRED = ("name", "format", "path", "model", "resolution")
 _OPTIONAL = ("description", "source", "dont_load",
              "published", "notes", "training")
 
 
-class CardError(Exception):
+class CardError(EvalkitError):
   """A card is missing, malformed or unknown (always one line)."""
 
 
@@ -51,7 +52,7 @@ class Card:
   Attributes:
     name: short identifier (by convention the file's stem).
     description: one-line human description.
-    format: "npz" or "orbax".
+    format: the registered checkpoint format that reads `path` ("npz", "orbax").
     path: checkpoint path as written in the card (see `resolved_path`).
     source: provenance / citation.
     model_config: the card's [model] table: `vit.ViT` arguments ("variant"
@@ -93,24 +94,8 @@ class Card:
 
   def available(self) -> bool:
     """Whether the checkpoint file/directory exists on this machine."""
-    file, _ = checkpoints.split_spec(self.resolved_path())
+    file, _ = split_spec(self.resolved_path())
     return os.path.exists(file)
-
-  def load_checkpoint(self, *, image_size=None, num_classes=None,
-                      dont_load: Iterable[str] = ()) -> checkpoints.Checkpoint:
-    """Loads the weights into `self.model(num_classes)` (default: native res).
-
-    The card's `dont_load` patterns are always applied, plus `dont_load`.
-    """
-    if not self.available():
-      raise checkpoints.CheckpointError(
-          f"checkpoint {self.resolved_path()} of card {self.name} is not on "
-          "this machine (evalkit downloads nothing; put the file there or "
-          "edit the card's path)")
-    return checkpoints.load_checkpoint(
-        self.resolved_path(), model=self.model(num_classes),
-        image_size=image_size or self.resolution,
-        dont_load=(*self.dont_load, *dont_load))
 
 
 def _fail(card_path, message: str):
@@ -126,8 +111,8 @@ def _check_types(data: dict, card_path) -> None:
   if unknown:
     _fail(card_path, f"unknown field(s) {unknown}; allowed: "
           f"{', '.join(_REQUIRED + _OPTIONAL)}")
-  if data["format"] not in FORMATS:
-    _fail(card_path, f"format must be one of {FORMATS}, got {data['format']!r}")
+  if data["format"] not in formats.FORMATS:
+    _fail(card_path, f"format must be one of {tuple(formats.FORMATS)}, got {data['format']!r}")
   for key in ("name", "path", "description", "source", "notes"):
     if key in data and not isinstance(data[key], str):
       _fail(card_path, f"{key} must be a string")

@@ -24,11 +24,12 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from evalkit import distributed
+from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(Exception):
+class TrainingDiverged(EvalkitError):
   """The loss became NaN/inf; the message (one line) names the step and the last good checkpoint."""
 
   def __init__(self, message: str, step: int):

@@ -179,18 +179,6 @@ def _first_match(params, patterns: Sequence[str]):
   return jax.tree_util.tree_map_with_path(index, params)
 
 
-def wd_multipliers(params, wd_mults: Sequence[tuple[str, float]] | None = None):
-  """Tree of per-leaf weight-decay multipliers: first `re.fullmatch` wins, unmatched leaves get 0.0.
-
-  Default `wd_mults` is DEFAULT_WD_MULTS: every kernel decays with multiplier 1; biases, LayerNorm scales,
-  pos_embedding, cls tokens, ... are not decayed.
-  """
-  wd_mults = list(DEFAULT_WD_MULTS if wd_mults is None else wd_mults)
-  mults = [float(m) for _, m in wd_mults]
-  first = _first_match(params, [p for p, _ in wd_mults])
-  return jax.tree.map(lambda i: mults[i] if i >= 0 else 0.0, first)
-
-
 def _weight_decay_txs(params, wd: float, wd_mults) -> list[optax.GradientTransformation]:
   """One masked `add_decayed_weights(wd·mult)` per pattern, as in big_vision; leaves match at most one mask."""
   if not wd:

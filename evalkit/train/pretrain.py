@@ -1,10 +1,10 @@
 """Pre-training stage: the paper's upstream recipe on a TFDS dataset, yielding frozen ViT checkpoints with cards.
 
 Recipe (docs/protocols.md "Pre-training recipe", "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot labels (single-label data
-become one-hot), MAP head with a zero kernel and bias −10, big_vision's optimizer chain (`evalkit.optim`), rsqrt
+become one-hot), MAP head with a zero kernel and bias −10, big_vision's optimizer chain (`evalkit.train.optim`), rsqrt
 schedule with warmup and cooldown, and cooldown *branches*: one long run yields models of several training lengths.
 
-The loop, input stream and resume logic are shared with fine-tuning (`evalkit.training`): a run killed at any
+The loop, input stream and resume logic are shared with fine-tuning (`evalkit.train.loop`): a run killed at any
 point and rerun ends with bit-identical parameters on CPU.
 
 Workdir layout:
@@ -26,16 +26,21 @@ import jax.numpy as jnp
 import numpy as np
 import tomli_w
 
-from evalkit import checkpoints, distributed, fileio, flops, optim, training
+from evalkit import checkpoints, distributed, fileio
+from evalkit.train import flops
+from evalkit.train import optim
+from evalkit.train import loop
+from evalkit.data import memory
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
+from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
-TrainingDiverged = training.TrainingDiverged  # re-exported: the pretrain command's NaN error
+TrainingDiverged = loop.TrainingDiverged  # re-exported: the pretrain command's NaN error
 
 
-class WorkdirMismatch(Exception):
+class WorkdirMismatch(EvalkitError):
   """A workdir whose saved state does not fit the config (one line)."""
 
 
@@ -67,7 +72,7 @@ class PretrainConfig(ConfigFields):
   batch_size: int = 4096
   total_steps: int = 10_000
   seed: int = 0
-  # Optimizer (see evalkit.optim.make): big_vision's modified Adafactor by default.
+  # Optimizer (see evalkit.train.optim.make): big_vision's modified Adafactor by default.
   optimizer: str = "bv_adafactor"
   optax: dict = dataclasses.field(default_factory=dict)
   lr: float = 8e-4
@@ -118,7 +123,7 @@ class Run:
   num_classes: int
   reader: Any
   preprocess: pp_lib.Preprocess
-  stream: training.TrainStream
+  stream: loop.TrainStream
   mesh: Any
   progress: bool = True
 
@@ -144,12 +149,12 @@ def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = No
   # Every process may need any example of a step's global batch: open the whole split (random access).
   reader = source.open_split(config.dataset, config.train_split, data_dir)
   if config.cache_images:
-    reader = source.load_into_memory(reader)
+    reader = memory.load_into_memory(reader)
   preprocess = pp_lib.parse(config.pp_train)
   sample = next(reader.iter_id_batches([(reader.ids[:1], (config.seed, 0))], preprocess))
   image_size = tuple(int(s) for s in sample["image"].shape[1:3])
   model = vit.ViT(num_classes=reader.num_classes, **config.model)
-  stream = training.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
+  stream = loop.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
   return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress)
 
 
@@ -194,8 +199,8 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   params = init_params(run.model, run.image_size, cfg.seed, cfg.head_bias_init)
   tx, schedule = optim.make(cfg.to_dict(), params, cfg.total_steps)
   log.info("%s: optimizer %s", cfg.name, optim.describe(cfg.to_dict()))
-  manager = training.state_manager(run.workdir / "state")
-  state = training.restore_latest(manager, training.init_state(params, tx), run.mesh)
+  manager = loop.state_manager(run.workdir / "state")
+  state = loop.restore_latest(manager, loop.init_state(params, tx), run.mesh)
 
   end = cfg.total_steps if stop_at is None else min(stop_at, cfg.total_steps)
   branch_steps = sorted({int(s) for s in cfg.cooldown_at})  # validated by PretrainConfig
@@ -234,12 +239,12 @@ def _branch(run: Run, main_state, branch_step: int) -> Path:
 
 
 def _train_step(run: Run, tx):
-  return training.make_train_step(run.model, tx, run.mesh, loss=training.sigmoid_xent, num_classes=run.num_classes)
+  return loop.make_train_step(run.model, tx, run.mesh, loss=loop.sigmoid_xent, num_classes=run.num_classes)
 
 
 def _loop(run: Run, state, step_fn, schedule, end: int, **kw):
-  return training.run_loop(state, step_fn, run.reader, run.preprocess, run.stream, end, mesh=run.mesh,
-                           schedule=schedule, log_every=run.config.log_every, progress=run.progress, **kw)
+  return loop.run_loop(state, step_fn, run.reader, run.preprocess, run.stream, end, mesh=run.mesh,
+                       schedule=schedule, log_every=run.config.log_every, progress=run.progress, **kw)
 
 
 def _toml_safe(d):

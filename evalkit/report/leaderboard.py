@@ -14,12 +14,14 @@ import functools
 import html
 import io
 import json
+import re
 from pathlib import Path
 
-from evalkit import cards, fileio, plotting, results, scaling, tasks
+from evalkit import fileio, results, tasks
+from evalkit.checkpoints import cards
+from evalkit.report import plotting, scaling_view
 
 HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
-REPORT_BOOTSTRAP = 300  # refits for the CIs of a scaling law the page fits itself
 
 
 @dataclasses.dataclass
@@ -177,38 +179,52 @@ def csv_text(board: Board) -> str:
 # Plots (matplotlib, embedded as PNG data URIs).
 
 
+SHOTS = re.compile(r"(\d+)shot")
+
+
+def _shot_curve(record: dict) -> list[tuple[int, float]]:
+  """(shots, value) of a record whose metrics are k-shot accuracies, else []."""
+  pairs = [(int(m.group(1)), v["value"]) for name, v in record["metrics"].items() if (m := SHOTS.fullmatch(name))]
+  return sorted(pairs)
+
+
 def plots(records: list[dict]) -> list[tuple[str, str]]:
-  """(title, PNG data URI): accuracy vs shots per few-shot task; few-shot vs fine-tune per checkpoint."""
+  """(title, PNG data URI): accuracy vs shots for every task with k-shot metrics; the mean headline of one protocol
+  against another's per checkpoint (e.g. few-shot vs fine-tune)."""
   plt = plotting.pyplot()
   out = []
-  fewshot = [r for r in records if r["protocol"] == "fewshot_ridge"]
-  task_names = sorted({r["task"]["name"] for r in fewshot})
+  curves = [(r, _shot_curve(r)) for r in records]
+  curves = [(r, c) for r, c in curves if len(c) > 1]
+  task_names = sorted({r["task"]["name"] for r, _ in curves})
   if task_names:
     fig, axes = plt.subplots(1, len(task_names), figsize=(4 * len(task_names), 3.2), squeeze=False)
     for ax, task in zip(axes[0], task_names):
-      for r in (r for r in fewshot if r["task"]["name"] == task):
-        shots = sorted(int(k.removesuffix("shot")) for k in r["metrics"])
-        means = [100 * r["metrics"][f"{k}shot"]["mean"] for k in shots]
-        ax.plot(shots, means, marker="o", label=r["checkpoint"]["name"])
+      for r, curve in ((r, c) for r, c in curves if r["task"]["name"] == task):
+        shots = [k for k, _ in curve]
+        ax.plot(shots, [100 * v for _, v in curve], marker="o", label=r["checkpoint"]["name"])
       ax.set(xscale="log", xlabel="shots per class", ylabel="accuracy %", title=task)
       ax.set_xticks(shots, [str(k) for k in shots])
-    if len({r["checkpoint"]["name"] for r in fewshot}) <= 12:  # beyond that a legend hides the plot
+    if len({r["checkpoint"]["name"] for r, _ in curves}) <= 12:  # beyond that a legend hides the plot
       axes[0][0].legend(fontsize=8)
     out.append(("Few-shot accuracy vs shots", plotting.data_uri(plotting.png_bytes(fig))))
     plt.close(fig)
-  both = collections.defaultdict(dict)
+  by_checkpoint = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in records:
-    both[r["checkpoint"]["name"]].setdefault(r["protocol"], []).append(r["headline"]["value"])
-  pairs = [(n, d) for n, d in both.items() if "fewshot_ridge" in d and "finetune" in d]
-  if pairs:
-    fig, ax = plt.subplots(figsize=(4, 3.2))
-    for name, d in pairs:
-      x, y = 100 * sum(d["fewshot_ridge"]) / len(d["fewshot_ridge"]), 100 * sum(d["finetune"]) / len(d["finetune"])
-      ax.scatter([x], [y])
-      ax.annotate(name, (x, y), fontsize=8)
-    ax.set(xlabel="mean few-shot headline %", ylabel="mean fine-tune top-1 %", title="Few-shot vs fine-tune")
-    out.append(("Few-shot vs fine-tune", plotting.data_uri(plotting.png_bytes(fig))))
-    plt.close(fig)
+    if r["headline"]["value"] is not None:
+      by_checkpoint[r["checkpoint"]["name"]][r["protocol"]].append(r["headline"]["value"])
+  protocols = sorted({p for d in by_checkpoint.values() for p in d})
+  if len(protocols) >= 2:
+    px, py = protocols[:2]
+    pairs = [(n, d) for n, d in by_checkpoint.items() if px in d and py in d]
+    if pairs:
+      fig, ax = plt.subplots(figsize=(4, 3.2))
+      for name, d in pairs:
+        x, y = 100 * sum(d[px]) / len(d[px]), 100 * sum(d[py]) / len(d[py])
+        ax.scatter([x], [y])
+        ax.annotate(name, (x, y), fontsize=8)
+      ax.set(xlabel=f"mean {px} headline %", ylabel=f"mean {py} headline %", title=f"{px} vs {py}")
+      out.append((f"{px} vs {py}", plotting.data_uri(plotting.png_bytes(fig))))
+      plt.close(fig)
   return out
 
 
@@ -230,8 +246,8 @@ const d=document.body.dataset.sorted===i+':desc'?false:true;sortTable(i,d);}));
 const m=location.hash.match(/sort=(\\d+):(asc|desc)/);if(m){sortTable(parseInt(m[1]),m[2]==='desc');}"""
 
 
-def html_page(board: Board, title: str = "evalkit leaderboard", studies=None) -> str:
-  """The page; `studies` (evalkit.scaling analyses) default to those of the board's records, if they have any."""
+def html_page(board: Board, title: str = "evalkit leaderboard", studies=()) -> str:
+  """The page; `studies` (analysis.scaling results, fitted by the caller) add a scaling section."""
   esc = html.escape
   columns = board.all_columns()
   head = "".join(f"<th>{esc(t)}<br><small>{esc(m)}</small></th>" for t, m in columns)
@@ -250,9 +266,7 @@ def html_page(board: Board, title: str = "evalkit leaderboard", studies=None) ->
       tds.append(f'<td class="{cls}" data-v="{c.value:.6f}" title="{tip}">{100 * c.value:.2f}{ci}{pub}</td>')
     body.append(f"<tr>{''.join(tds)}</tr>")
   figures = "".join(f"<h2>{esc(t)}</h2><img alt=\"{esc(t)}\" src=\"{uri}\">" for t, uri in plots(board.records))
-  if studies is None:  # a quicker bootstrap than `evalkit scaling fit`'s default: the page states the count
-    studies = scaling.analyze_all(board.records, bootstrap=REPORT_BOOTSTRAP)
-  figures += scaling.html_section(studies)
+  figures += scaling_view.html_section(list(studies))
   data = json.dumps([{"checkpoint": r, "task": t, "metric": m, "value": c.value, "rank": c.rank}
                      for (r, (t, m)), c in board.cells.items()])
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(title)}</title><style>{_CSS}</style>"
@@ -263,9 +277,9 @@ def html_page(board: Board, title: str = "evalkit leaderboard", studies=None) ->
           f"<script>{_JS}</script></body></html>")
 
 
-def write(results_dir, out_dir, studies=None, records=None) -> dict[str, Path]:
+def write(results_dir, out_dir, studies=(), records=None) -> dict[str, Path]:
   """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths. The page includes a
-  scaling section (plots, fitted law, claims) when the results come from a scaling study (see evalkit.scaling).
+  scaling section (plots, fitted law, claims) for the given `studies` (analysis.scaling, fitted by the caller).
   `records`: the directory's results when the caller has loaded them already."""
   board = build(records if records is not None else results.load_all(results_dir))
   out_dir = Path(out_dir)

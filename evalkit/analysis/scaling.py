@@ -17,21 +17,19 @@ Inputs are ordinary result records (evalkit.result/1) of checkpoints whose card 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import html
 import math
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from scipy import optimize
 
 from evalkit import results
+from evalkit.errors import EvalkitError
 
 MIN_FIT_POINTS = 5  # four parameters: at least one residual degree of freedom
 
 
-class FitError(Exception):
+class FitError(EvalkitError):
   """The law cannot be fitted (too few points, or every start failed)."""
 
 
@@ -324,7 +322,7 @@ def claims(pts: list[Point]) -> list[Claim]:
 # One task's analysis, as a report sees it.
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)  # identity: a study is one analysis (and a key of the view's figure cache)
 class TaskScaling:
   task: str
   metric: str
@@ -334,15 +332,6 @@ class TaskScaling:
   fit_note: str  # why there is no fit, if there is none
   data_fits: dict[str, LawFit]  # model -> fit of error vs data size (models with ≥ MIN_FIT_POINTS sizes)
   claims: list[Claim]
-
-  @functools.cached_property
-  def png(self) -> bytes:
-    """The study's figure (see `plot`), rendered once for both the PNG file and the HTML page."""
-    from evalkit import plotting  # pylint: disable=g-import-not-at-top
-    fig = plot(self)
-    data = plotting.png_bytes(fig, dpi=100)
-    plotting.pyplot().close(fig)
-    return data
 
   def to_dict(self) -> dict:
     return {"task": self.task, "metric": self.metric, "points": [dataclasses.asdict(p) for p in self.points],
@@ -373,136 +362,3 @@ def analyze(records: list[dict], task: str, *, bootstrap: int = 1000, seed: int 
 
 def analyze_all(records: list[dict], *, bootstrap: int = 1000, seed: int = 0) -> list[TaskScaling]:
   return [analyze(records, t, bootstrap=bootstrap, seed=seed) for t in scaling_tasks(records)]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Text and plots.
-
-
-def _num(v: float) -> str:
-  return f"{v:.3g}"
-
-
-def markdown(study: TaskScaling) -> str:
-  lines = [f"## {study.task} ({study.metric} error)", "",
-           f"{len(study.points)} checkpoints, {len(study.frontier)} on the compute Pareto frontier."]
-  if study.fit:
-    f = study.fit
-    lines += ["", f"E = a·(C + d)^(−b) + c on the frontier (C in training FLOPs): R² = {f.r2:.3f}, "
-              f"RMSE {100 * f.rmse:.2f} points, {f.bootstrap_samples} bootstrap refits.", "",
-              "| parameter | value | 95% CI | bootstrap refits at a search bound |", "|---|---|---|---|"]
-    for k in "abcd":
-      lo, hi = f.ci95.get(k, (float("nan"), float("nan")))
-      flag = "" if f.identified(k) else " (not identified)"
-      lines.append(f"| {k} | {_num(getattr(f, k))} | [{_num(lo)}, {_num(hi)}] | "
-                   f"{100 * f.at_bound.get(k, 0.0):.0f}%{flag} |")
-  else:
-    lines += ["", f"Law {study.fit_note}."]
-  curves = data_curves(study.points)
-  sizes = sorted({p.data_size for p in study.points})
-  lines += ["", "Error % vs upstream data size (each at its longest training):", "",
-            "| model | params | " + " | ".join(f"n={n}" for n in sizes) + " |", "|---|---|" + "---|" * len(sizes)]
-  for m, curve in curves.items():
-    by_n = {p.data_size: p for p in curve}
-    cells = [f"{100 * by_n[n].error:.1f}" if n in by_n else "–" for n in sizes]
-    lines.append(f"| {m} | {curve[0].params:,} | " + " | ".join(cells) + " |")
-  for m, f in study.data_fits.items():
-    lines.append(f"\n{m}: E(n) = {_num(f.a)}·(n + {_num(f.d)})^(−{f.b:.3f}) + {_num(f.c)}, R² {f.r2:.3f}")
-  lines += ["", "The paper's claims at this scale:", ""]
-  lines += [f"- {c.claim}: **{c.verdict}** — {c.evidence}" for c in study.claims]
-  return "\n".join(lines) + "\n"
-
-
-def plot(study: TaskScaling):
-  """One figure: error vs compute (log-log; all points, the frontier, the fit) and error vs data size per model."""
-  from evalkit import plotting  # pylint: disable=g-import-not-at-top
-  plt = plotting.pyplot()
-  fig, (ax_c, ax_n) = plt.subplots(1, 2, figsize=(10, 3.8))
-  models = models_by_size(study.points)
-  colors = {m: plt.cm.viridis(i / max(1, len(models) - 1)) for i, m in enumerate(models)}
-  sizes = sorted({p.data_size for p in study.points})
-  markers = dict(zip(sizes, "os^Dvp*hX"))
-  for p in study.points:
-    ax_c.scatter(p.compute, p.error, color=colors[p.model], marker=markers.get(p.data_size, "o"), s=28, alpha=0.8)
-  frontier = sorted(study.frontier, key=lambda p: p.compute)
-  ax_c.plot([p.compute for p in frontier], [p.error for p in frontier], color="k", lw=1, ls=":", label="frontier")
-  if study.fit:
-    c_grid = np.geomspace(min(p.compute for p in study.points) / 2, max(p.compute for p in study.points) * 2, 200)
-    ax_c.plot(c_grid, study.fit.predict(c_grid), color="crimson", lw=1.5,
-              label=f"fit: b={study.fit.b:.2f}, c={study.fit.c:.3f}, R²={study.fit.r2:.2f}")
-    errors = [p.error for p in study.points]
-    if study.fit.c > 0.5 * min(errors):  # the floor, where it is near the data (a floor ≈ 0 would stretch the axis)
-      ax_c.axhline(study.fit.c, color="crimson", lw=0.8, ls="--")
-    ax_c.set_ylim(0.9 * min(errors + [study.fit.c] if study.fit.c > 0.5 * min(errors) else errors),
-                  1.1 * max(errors))
-  for m in models:
-    ax_c.scatter([], [], color=colors[m], label=m)
-  for n in sizes:
-    ax_c.scatter([], [], color="grey", marker=markers.get(n, "o"), label=f"n={n:,}")
-  ax_c.set(xscale="log", yscale="log", xlabel="training compute (FLOPs)", ylabel=f"{study.metric} error",
-           title=f"{study.task}: error vs compute")
-  ax_c.legend(fontsize=7)
-  for m, curve in data_curves(study.points).items():
-    ax_n.plot([p.data_size for p in curve], [p.error for p in curve], marker="o", color=colors[m], label=m)
-  ax_n.set(xscale="log", yscale="log", xlabel="upstream examples (data size)", ylabel=f"{study.metric} error",
-           title="error vs data size (longest training)")
-  ax_n.legend(fontsize=7)
-  _label_axes(ax_c, ax_n, sizes)
-  fig.tight_layout()
-  return fig
-
-
-def _label_axes(ax_c, ax_n, sizes):
-  """Errors in percent on log axes; compute labelled at 1, 2 and 5 × 10^k; data sizes at the sweep's sizes."""
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
-  percent = ticker.FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
-  for ax in (ax_c, ax_n):
-    ax.yaxis.set_major_formatter(percent)
-    ax.yaxis.set_minor_formatter(percent)
-  flops = ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+", "e"))
-  ax_c.xaxis.set_major_formatter(flops)
-  ax_c.xaxis.set_minor_locator(ticker.LogLocator(subs=(2.0, 5.0)))
-  ax_c.xaxis.set_minor_formatter(flops)
-  ax_n.set_xticks(sizes, [f"{n:,}" for n in sizes])
-  ax_n.xaxis.set_minor_formatter(ticker.NullFormatter())
-
-
-def html_section(studies: list[TaskScaling]) -> str:
-  """The report's scaling section: per task the plot, the fitted law with CIs, and the claims."""
-  if not studies:
-    return ""
-  from evalkit import plotting  # pylint: disable=g-import-not-at-top
-  esc = html.escape
-  parts = ["<h2>Scaling</h2><p>Error = 1 − headline accuracy against training compute; the law "
-           "E = a·(C + d)<sup>−b</sup> + c is fitted to the compute Pareto frontier (95% CIs by residual bootstrap)."
-           "</p>"]
-  for s in studies:
-    parts.append(f"<h3>{esc(s.task)}</h3><img alt=\"scaling {esc(s.task)}\" src=\"{plotting.data_uri(s.png)}\">")
-    if s.fit:
-      rows = "".join(f"<tr><td>{k}</td><td>{_num(getattr(s.fit, k))}</td><td>[{_num(s.fit.ci95[k][0])}, "
-                     f"{_num(s.fit.ci95[k][1])}]</td><td>{100 * s.fit.at_bound[k]:.0f}%"
-                     f"{'' if s.fit.identified(k) else ' (not identified)'}</td></tr>"
-                     for k in "abcd" if k in s.fit.ci95)
-      parts.append(f"<p>R² = {s.fit.r2:.3f} on {s.fit.n} frontier points; {s.fit.bootstrap_samples} bootstrap "
-                   f"refits.</p><table class=\"law\"><thead><tr>"
-                   f"<th>parameter</th><th>value</th><th>95% CI</th><th>refits at a search bound</th></tr></thead>"
-                   f"<tbody>{rows}</tbody></table>")
-    else:
-      parts.append(f"<p>Law {esc(s.fit_note)}.</p>")
-    items = "".join(f"<li>{esc(c.claim)}: <b>{esc(c.verdict)}</b> — {esc(c.evidence)}</li>" for c in s.claims)
-    parts.append(f"<ul>{items}</ul>")
-  return "".join(parts)
-
-
-def write(studies: list[TaskScaling], out_dir) -> dict[str, Path]:
-  """scaling.md, scaling.json and one PNG per task in `out_dir` (atomically); returns their paths."""
-  from evalkit import fileio  # pylint: disable=g-import-not-at-top
-  out_dir = Path(out_dir)
-  paths = {"markdown": out_dir / "scaling.md", "json": out_dir / "scaling.json"}
-  text = "# Scaling\n\n" + "\n".join(markdown(s) for s in studies)
-  fileio.atomic_write(paths["markdown"], lambda f: f.write(text.encode()))
-  fileio.atomic_write_json(paths["json"], {"studies": [s.to_dict() for s in studies]})
-  for s in studies:
-    paths[f"plot:{s.task}"] = out_dir / f"scaling_{s.task}.png"
-    fileio.atomic_write(paths[f"plot:{s.task}"], lambda f, png=s.png: f.write(png))
-  return paths

@@ -5,7 +5,7 @@ from __future__ import annotations
 def _cell(metric: dict | None) -> str:
   if not metric:
     return "–"
-  return f"{100 * metric['mean']:.1f} ± {100 * metric['std']:.1f}"
+  return f"{100 * metric['value']:.1f} ± {100 * metric['std']:.1f}"
 
 
 def fewshot_markdown(records: list[dict]) -> str:

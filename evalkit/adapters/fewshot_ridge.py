@@ -1,0 +1,91 @@
+"""The few-shot linear probe by closed-form ridge (big_vision's `fewshot_lsr`; docs/protocols.md, "Few-shot ridge").
+
+Features of the train and test splits come through the shared feature cache; every (shots, seed) episode is solved
+by `probes.ridge.RidgeProbe`; the headline is the mean over seeds at `headline_shots` (the paper's ImageNet
+10-shot). Each episode is also scored on the task's extra test sets with the same k-shot set and λ.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from evalkit import distributed, features, results
+from evalkit.adapters import extra_tests, frozen
+from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.data import pp as pp_lib
+from evalkit.data import source
+from evalkit.probes import ridge
+
+
+@dataclasses.dataclass(frozen=True)
+class FewshotConfig:
+  shots: tuple[int, ...] = ridge.DEFAULT_SHOTS
+  seeds: tuple[int, ...] = ridge.DEFAULT_SEEDS
+  l2_reg: float = ridge.DEFAULT_L2_REG
+  headline_shots: int = 10
+
+  def __post_init__(self):
+    if not self.shots or any(k < 1 for k in self.shots) or len(set(self.shots)) != len(self.shots):
+      raise ValueError(f"shots must be distinct positive integers, got {list(self.shots)}")
+    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+      raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+    if not self.l2_reg > 0:
+      raise ValueError(f"l2_reg must be positive, got {self.l2_reg}")
+    if self.headline_shots not in self.shots:
+      raise ValueError(f"headline_shots {self.headline_shots} is not one of shots {list(self.shots)}")
+
+
+@register_adapter("fewshot_ridge", FewshotConfig, headline=lambda c: f"{c.headline_shots}shot",
+                  metric_names=lambda c: [f"{k}shot" for k in c.shots])
+def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
+  """Every (shots, seed) episode on the task's train/test features; λ fixed, and LOO-chosen beside it."""
+  cfg = task.config
+  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
+  t1 = time.perf_counter()
+  train, test = feats["train"], feats["test"]
+  num_classes = readers["train"].num_classes
+  # Every process holds all features now; each solves the (cheap) ridge on its own devices, identically.
+  local_mesh = distributed.data_mesh(jax.local_devices())
+  probe = ridge.RidgeProbe(train.x, train.labels, test.x, test.labels, num_classes=num_classes, mesh=local_mesh)
+  grid = ridge.LOO_L2_GRID if settings.loo else None
+  episodes = probe.run(cfg.shots, cfg.seeds, l2_reg=cfg.l2_reg, l2_grid=grid)
+  timings["fewshot_s"] = time.perf_counter() - t1
+  extras = _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh)
+  keys = [f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]
+  return Outcome(
+      metrics=ridge.summarize(episodes, test.labels),
+      checkpoint={**subject.describe(image_size), "featurizer": featurizer.identity},
+      dataset=source.dataset_fingerprint(readers["test"]),
+      data={"image_size": list(image_size), "num_classes": num_classes, "n_train": len(train.x),
+            "n_test": len(test.x), "feature_dim": int(train.x.shape[1])},
+      details={"episodes": [{"shots": ep.shots, "seed": ep.seed, "l2_reg": ep.l2_reg, "accuracy": ep.accuracy,
+                             "loo_l2_reg": ep.loo_l2_reg, "loo_accuracy": ep.loo_accuracy,
+                             "loo_errors": ep.loo_errors} for ep in episodes],
+               "loo_l2_grid": list(grid) if grid else None},
+      extra_tests=extras,
+      manifest={"task": task.name, "train_split": task.train_split,
+                "note": "absolute example indices (in the base split) of each k-shot set, in class-then-draw order",
+                "episodes": {key: train.ids[ep.train_positions].tolist() for key, ep in zip(keys, episodes)}},
+      items=results.make_items(test.ids, test.labels, keys, [ep.predictions for ep in episodes]),
+      timings=timings)
+
+
+def _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh) -> dict:
+  """Every episode's probe (same k-shot sets, same λ) scored on each extra test set of the task."""
+  cfg, out = task.config, {}
+  for opened in extra_tests.open_all(task, settings.data_dir, num_classes):
+    feats = features.cached_extract(featurizer, opened.reader, pp_lib.parse(opened.pp),
+                                    dataset=source.dataset_fingerprint(opened.reader), mesh=mesh, cache=cache,
+                                    batch_size=settings.batch_size, progress=settings.progress)
+    probe = ridge.RidgeProbe(train.x, train.labels, feats.x, np.zeros(len(feats.x), np.int32),
+                             num_classes=num_classes, mesh=local_mesh)
+    episodes = probe.run(cfg.shots, cfg.seeds, l2_reg=cfg.l2_reg, l2_grid=None)
+    metrics = {}
+    for k in sorted(cfg.shots):
+      per_seed = np.stack([ep.predictions for ep in sorted(episodes, key=lambda e: e.seed) if ep.shots == k])
+      metrics[f"{k}shot"] = extra_tests.fewshot_metric(per_seed, feats.labels)
+    out[opened.spec.name] = {**extra_tests.describe(opened, feats.labels), "metrics": metrics}
+  return out

@@ -1,0 +1,1 @@
+"""Analysis of result records: paired comparison, the CI gate, scaling-law fits and claims (no rendering)."""

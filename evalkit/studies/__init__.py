@@ -1,0 +1,1 @@
+"""Studies that run the pipeline many times: the scaling sweep."""

@@ -1,0 +1,86 @@
+"""Result records: one metric shape and one items layout for every adapter, results of `evalkit.result/1` still read
+by report, compare and gate, and a paired comparison of fine-tune records."""
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from evalkit import checkpoints, distributed, evaluate, results, subjects, tasks
+from evalkit.analysis import compare
+from evalkit.report import leaderboard
+from evalkit.models import vit
+
+V1 = Path(__file__).parent / "data" / "results_v1"  # written by evalkit before the /2 schema (digits, CPU)
+
+
+@pytest.fixture()
+def v1_results(tmp_path):
+  shutil.copytree(V1, tmp_path / "results")
+  return tmp_path / "results"
+
+
+def test_v1_records_load_in_the_current_shape(v1_results):
+  fewshot = results.load(v1_results / "pixels" / "digits.json")
+  assert fewshot["schema"] == results.SCHEMA and fewshot["upgraded_from"] == "evalkit.result/1"
+  ten = fewshot["metrics"]["10shot"]
+  assert "mean" not in ten and ten["value"] == fewshot["headline"]["value"] and ten["n"] == 500
+  assert ten["loo"]["value"] == pytest.approx(np.mean(list(ten["loo"]["per_seed"].values())))
+  items = results.load_items(v1_results / "digits_tiny_step_60" / "digits_finetune.json")
+  assert list(items["episodes"]) == ["top1"] and items["predictions"].shape == (1, 500)
+  finetune = results.load(v1_results / "digits_tiny_step_60" / "digits_finetune.json")
+  assert np.mean(items["predictions"][0] == items["test_labels"]) == finetune["metrics"]["top1"]["value"]
+
+
+def test_v1_results_in_report_compare_and_gate(v1_results, tmp_path):
+  board = leaderboard.build(results.load_all(v1_results))
+  assert ("digits", "10shot") in board.columns and ("digits_finetune", "top1") in board.columns
+  assert board.cell("pixels", ("digits", "10shot")).value == pytest.approx(0.836)
+  rows, _ = compare.compare(v1_results, "pixels", "digits_tiny_step_60")
+  assert [r.task for r in rows] == ["digits"] and rows[0].delta > 0.5 and rows[0].p_bootstrap < 0.01
+  # The baseline written from these files by the evalkit of that time: the same results pass the gate today.
+  gate = run_cli("gate", f"--baseline={V1 / 'baseline.json'}", f"--results_dir={v1_results}")
+  assert gate.returncode == 0, gate.stdout + gate.stderr[-1000:]
+  assert "| digits_tiny_step_60 | digits_finetune | top1 | 28.60 | 28.60 | +0.00 |" in gate.stdout
+  report = run_cli("report", f"--results_dir={v1_results}", f"--out={tmp_path / 'report'}")
+  assert report.returncode == 0, report.stderr[-1000:]
+  assert "| pixels | 83.60 [80.0, 87.2] |" in (tmp_path / "report" / "leaderboard.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def finetune_results(data_dir, tmp_path_factory):
+  """Two random-init ViTs fine-tuned briefly on digits (real records, the fine-tune adapter end to end)."""
+  out = tmp_path_factory.mktemp("ft")
+  task = tasks.load_task("digits_finetune").replace(total_steps=30, warmup_steps=5, lr_grid=(0.1,))
+  settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out), progress=False)
+  for seed in (0, 1):
+    model = vit.ViT(num_classes=None, variant="mu/7", pool_type="gap")
+    checkpoints.save_npz(out / f"vit{seed}.npz", model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 3)))["params"])
+    subject = subjects.resolve_subject(str(out / f"vit{seed}.npz"),
+                                       model_kwargs={"variant": "mu/7", "pool_type": "gap"})
+    assert evaluate.run(subject, [task], settings, distributed.data_mesh())[0][1] == "done"
+  return out
+
+
+def test_every_metric_has_the_one_shape(finetune_results):
+  for record in results.load_all(finetune_results):
+    for m in record["metrics"].values():
+      assert {"value", "se", "ci95", "n"} <= set(m) and m["n"] == 500
+    items = results.load_items(results.result_path(finetune_results, record["checkpoint"]["name"], "digits_finetune"))
+    assert list(items["episodes"]) == ["top1"]
+
+
+def test_compare_on_finetune_records_is_paired(finetune_results):
+  rows, overall = compare.compare(finetune_results, "vit0", "vit1")
+  (row,) = rows
+  assert row.metric == "top1" and row.task == "digits_finetune"
+  a = results.load(results.result_path(finetune_results, "vit0", "digits_finetune"))["metrics"]["top1"]["value"]
+  b = results.load(results.result_path(finetune_results, "vit1", "digits_finetune"))["metrics"]["top1"]["value"]
+  assert (row.acc_a, row.acc_b) == (pytest.approx(a), pytest.approx(b))
+  assert row.delta == pytest.approx(a - b) and row.ci95[0] <= row.delta <= row.ci95[1]
+  back, _ = compare.compare(finetune_results, "vit1", "vit0")
+  assert back[0].delta == pytest.approx(-row.delta) and (back[0].a_only, back[0].b_only) == (row.b_only, row.a_only)
+  assert overall["tasks"] == 1
