@@ -9,7 +9,7 @@ import time
 
 import jax
 
-from evalkit import adapters, results, tasks
+from evalkit import results, tasks
 from evalkit.adapters import EvalSettings
 from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable
 from evalkit.subjects import Subject
@@ -49,4 +49,4 @@ def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, m
   return rows
 
 
-__all__ = ["EvalSettings", "adapters", "evaluate_task", "run"]
+__all__ = ["EvalSettings", "evaluate_task", "run"]

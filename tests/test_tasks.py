@@ -76,3 +76,19 @@ def test_bad_finetune_specs_are_one_line_errors(tmp_path, body, needle):
   with pytest.raises(tasks.TaskError) as e:
     tasks.load_task(str(path))
   assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"shots": "abc"}, "shots must be a list"),
+    ({"shots": [1, 2.7]}, "shots must be an integer"),
+    ({"shots": [-5, 10]}, "distinct positive integers"),
+    ({"headline_shots": 7}, "headline_shots 7 is not one of shots"),
+    ({"l2_reg": True}, "l2_reg must be a number"),
+    ({"protocol": "finetune", "pp_train": "decode", "batch_size": 0}, "batch_size and total_steps must be positive"),
+    ({"protocol": "knn"}, "unknown protocol 'knn'"),
+])
+def test_adapter_fields_are_type_checked_and_validated(fields, needle):
+  spec = {"name": "x", "dataset": "digits", "protocol": "fewshot_ridge", "train_split": "train", "test_split": "test",
+          "pp": "decode", **fields}
+  with pytest.raises(tasks.TaskError, match=needle):
+    tasks.make_task(**spec)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 
 import jax
@@ -221,7 +220,6 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
   if subject.is_pixels:
     raise checkpoints.CheckpointError(f"task {task.name}: fine-tuning needs a checkpoint, not raw pixels")
   cfg = task.config
-  t0 = time.perf_counter()
   splits = split_minival(task, settings.data_dir)
   preprocess = pp_lib.parse(task.pp)
   image_size = source.output_image_size(splits.test, preprocess)
@@ -270,4 +268,4 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
       manifest={"task": task.name, "note": "absolute example id ranges [start, stop) in the base train split",
                 "train_ids": list(splits.train_range), "minival_ids": list(splits.minival_range)},
       items=results.make_items(test_ids, test_labels, keys, predictions) if keys else None,
-      timings={"total_s": time.perf_counter() - t0})
+  )

@@ -115,7 +115,7 @@ def _convert(value, hint, field: str):
     if not isinstance(value, str):
       raise ValueError(f"{field} must be a string, got {value!r}")
     return value
-  return value
+  raise TypeError(f"config field {field}: unsupported annotation {hint!r} (use int, float, str, bool, tuple or None)")
 
 
 def config_from_spec(adapter: Adapter, raw: dict):
