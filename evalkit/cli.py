@@ -15,7 +15,8 @@ from evalkit.errors import EvalkitError
 FLAGS = flags.FLAGS
 
 # What to evaluate.
-flags.DEFINE_string("checkpoint", None, "Checkpoint card name, path to a .npz / evalkit orbax checkpoint, or `pixels`.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint card name, path to a .npz / evalkit orbax checkpoint / timm "
+                    ".safetensors file / Hugging Face save_pretrained directory, or `pixels`.")
 flags.DEFINE_string("name", None, "Name of the checkpoint in results (default: card name or file name).")
 flags.DEFINE_list("tasks", ["digits"], "Comma-separated task names (see `evalkit tasks`) or paths to .toml specs.")
 flags.DEFINE_multi_string("tasks_dir", [], "Extra directories of task specs (out-of-tree tasks).")
@@ -25,6 +26,13 @@ flags.DEFINE_string("variant", None, "ViT variant, e.g. `B/16`, `mu/7`.")
 flags.DEFINE_string("pool_type", None, "gap | map | tok | 0 | none")
 flags.DEFINE_string("posemb", None, "learn | sincos2d")
 flags.DEFINE_integer("rep_size", None, "Size of the pre_logits layer (0: none).")
+# ... or, for a timm .safetensors state dict, its timm architecture.
+flags.DEFINE_string("timm_model", None, "timm architecture name of a .safetensors checkpoint, e.g. "
+                    "`vit_small_patch14_dinov2` (docs/checkpoint_families.md).")
+flags.DEFINE_list("timm_kwargs", [], "timm.create_model overrides as key=value (TOML values), e.g. `embed_dim=384`.")
+flags.DEFINE_enum("posemb_resize", None, ["linear", "bicubic", "bicubic_antialias"], "Position-embedding resampling "
+                  "at other resolutions (default: the checkpoint format's own: linear for big_vision, bicubic for "
+                  "Hugging Face, bicubic_antialias for timm).")
 # Where things are.
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).")
 flags.DEFINE_string("results_dir", "results", "Where result JSON files go: <results_dir>/<checkpoint>/<task>.json.")
@@ -76,7 +84,7 @@ SUMMARIES = {
 _MULTI_HOST = ["coordinator_address", "num_processes", "process_id", "distributed_auto"]
 COMMAND_FLAGS = {  # the flags each command reads, for `evalkit <command> --help`
     "eval": ["checkpoint", "name", "tasks", "tasks_dir", "cards_dir", "variant", "pool_type", "posemb", "rep_size",
-             "data_dir", "results_dir", "cache_dir", "batch_size", "representation", "dtype", "loo", "overwrite",
+             "timm_model", "timm_kwargs", "posemb_resize", "data_dir", "results_dir", "cache_dir", "batch_size", "representation", "dtype", "loo", "overwrite",
              "progress", *_MULTI_HOST],
     "tasks": ["tasks_dir", "data_dir"],
     "checkpoints": ["cards_dir"],
@@ -127,6 +135,21 @@ def _model_kwargs() -> dict:
   return kw
 
 
+def _timm_kwargs() -> dict:
+  """--timm_kwargs key=value pairs; values are TOML literals (numbers, true/false, quoted strings) or bare words."""
+  import tomllib
+  out = {}
+  for item in FLAGS.timm_kwargs:
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+      raise UsageError(f"--timm_kwargs: {item!r} is not key=value")
+    try:
+      out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+      out[key.strip()] = value
+  return out
+
+
 def cmd_eval() -> int:
   import os
   from evalkit import distributed, evaluate, subjects, tasks
@@ -135,7 +158,8 @@ def cmd_eval() -> int:
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
   task_list = [tasks.load_task(t, FLAGS.tasks_dir) for t in FLAGS.tasks]  # unknown tasks fail before any work
   subject = subjects.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_kwargs=_model_kwargs(),
-                                     cards_dirs=FLAGS.cards_dir)
+                                     cards_dirs=FLAGS.cards_dir, timm_model=FLAGS.timm_model,
+                                     timm_kwargs=_timm_kwargs(), posemb_resize=FLAGS.posemb_resize)
   settings = evaluate.EvalSettings(
       data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
       cache_dir=os.path.expanduser(FLAGS.cache_dir) if FLAGS.cache_dir else None, batch_size=FLAGS.batch_size,

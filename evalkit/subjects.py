@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from evalkit import checkpoints, features
-from evalkit.checkpoints import cards, formats
+from evalkit.checkpoints import cards, formats, timm
 from evalkit.models import vit
 
 PIXELS = "pixels"
@@ -27,6 +27,8 @@ class Subject:
   dont_load: tuple[str, ...] = DEFAULT_DONT_LOAD
   card: cards.Card | None = None
   format: str | None = None  # the card's format; None: the path decides (checkpoints.formats.detect)
+  posemb_resize: str | None = None  # None: the format's own way (checkpoints.fit.POSEMB_RESIZE)
+  architecture: str | None = None  # where the model comes from when not evalkit's own, e.g. "timm vit_small_..."
   _loaded: dict = dataclasses.field(default_factory=dict, repr=False)  # image size -> Checkpoint
 
   @property
@@ -42,7 +44,7 @@ class Subject:
           f"checkpoint {self.path} of card {self.card.name} is not on this machine (evalkit downloads nothing; put "
           "the file there or edit the card's path)")
     load = lambda m, skip: checkpoints.load_checkpoint(self.path, model=m, image_size=image_size, dont_load=skip,
-                                                       format=self.format)
+                                                       format=self.format, posemb_resize=self.posemb_resize)
     if model is not None or dont_load:
       return load(model or self.model, tuple(dict.fromkeys((*self.dont_load, *dont_load))))
     if image_size not in self._loaded:
@@ -63,7 +65,9 @@ class Subject:
     ckpt = ckpt or self.checkpoint(image_size)
     described = {"name": self.name, "kind": "checkpoint", "path": str(self.path), "format": ckpt.format,
                  "weights_hash": ckpt.weights_hash, "model": vit.model_config(self.model),
-                 "card": self.card.name if self.card else None}
+                 "card": self.card.name if self.card else None, "posemb_resize": ckpt.posemb_resize}
+    if self.architecture:
+      described["architecture"] = self.architecture
     if self.card and self.card.training:
       described["training"] = dict(self.card.training)  # compute, data size, ...: what scaling studies need
     return described
@@ -76,16 +80,42 @@ def _is_card(checkpoint: str) -> bool:
   return not Path(checkpoint).exists() and os.sep not in checkpoint and not formats.claims_suffix(checkpoint)
 
 
+def _stem(checkpoint: str) -> str:
+  stem = Path(checkpoint.rstrip("/")).name
+  for fmt in formats.FORMATS.values():
+    for suffix in fmt.suffixes:
+      stem = stem.removesuffix(suffix)
+  return stem
+
+
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,
-                    cards_dirs: list[str] | None = None) -> Subject:
+                    cards_dirs: list[str] | None = None, timm_model: str | None = None,
+                    timm_kwargs: dict | None = None, posemb_resize: str | None = None) -> Subject:
   """`pixels`, a card (name or .toml path), or a checkpoint path of any registered format with model settings from
-  flags or from its own metadata."""
+  flags (big_vision fields, or a timm architecture name plus timm overrides) or from its own metadata (evalkit's
+  orbax checkpoints, Hugging Face config.json)."""
   if checkpoint == PIXELS:
     return Subject(name=name or PIXELS)
   if _is_card(checkpoint):
     card = cards.load_card(checkpoint, cards_dirs)
+    arch = card.model_config.get("timm_model")
     return Subject(name=name or card.name, path=str(card.resolved_path()), model=card.model(),
-                   dont_load=tuple(card.dont_load) or DEFAULT_DONT_LOAD, card=card, format=card.format)
+                   dont_load=tuple(card.dont_load) or DEFAULT_DONT_LOAD, card=card, format=card.format,
+                   posemb_resize=posemb_resize or card.posemb_resize or None,
+                   architecture=f"timm {arch}" if arch else None)
+  if timm_model:
+    if model_kwargs:
+      raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: give --timm_model or big_vision model flags "
+                                        f"({', '.join(model_kwargs)}), not both")
+    model = timm.architecture(timm_model, **{**(timm_kwargs or {}), "num_classes": 0}).model()
+    return Subject(name=name or _stem(checkpoint), path=checkpoint, model=model, format="timm",
+                   posemb_resize=posemb_resize, architecture=f"timm {timm_model}")
+  if timm_kwargs:
+    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: timm options need --timm_model")
+  if formats.detect(checkpoint).name == "timm":
+    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: a .safetensors state dict does not say its "
+                                      "architecture; pass --timm_model (e.g. vit_base_patch16_224), or the Hugging "
+                                      "Face save_pretrained directory (with its config.json)")
   model_kwargs = dict(model_kwargs or {})
   if not model_kwargs:
     meta = checkpoints.read_checkpoint_meta(checkpoint) if Path(checkpoint).is_dir() else None
@@ -94,8 +124,6 @@ def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: d
           f"checkpoint {checkpoint}: no model settings; pass --variant (and --pool_type, ...) or use a card")
     model_kwargs = dict(meta["model"])
   model_kwargs["num_classes"] = None  # features only
-  stem = Path(checkpoint.rstrip("/")).name
-  for fmt in formats.FORMATS.values():
-    for suffix in fmt.suffixes:
-      stem = stem.removesuffix(suffix)
-  return Subject(name=name or stem, path=checkpoint, model=vit.from_config(model_kwargs))
+  fmt = formats.detect(checkpoint).name
+  return Subject(name=name or _stem(checkpoint), path=checkpoint, model=vit.from_config(model_kwargs),
+                 posemb_resize=posemb_resize, architecture=f"Hugging Face {fmt}" if fmt == "hf" else None)

@@ -10,7 +10,7 @@ Example (checkpoints/vit_g14.toml):
 
   name = "vit_g14"
   description = "ViT-G/14 pre-trained on JFT-3B"
-  format = "npz"                    # a registered format: "npz" | "orbax"
+  format = "npz"                    # a registered format: "npz" | "orbax" | "timm" | "hf"
   path = "vit_g14.npz"              # may carry big_vision's ":prefix"
   source = "Zhai et al., Scaling Vision Transformers, arXiv:2106.04560"
   resolution = 224                  # native image size (pixels, square)
@@ -20,6 +20,12 @@ Example (checkpoints/vit_g14.toml):
   pool_type = "map"
   [published]                       # "<task>/<metric>" = number
   "imagenet2012/10shot" = 84.86
+
+A timm checkpoint's [model] table names its timm architecture, plus timm keyword overrides:
+  [model]
+  timm_model = "vit_small_patch14_dinov2"
+and a card may say which preprocessing the checkpoint expects (`pp`, a pp string: a DINOv2 wants ImageNet
+mean/std, a SigLIP [-1, 1]) and how its posemb resamples (`posemb_resize`, default: its format's ecosystem's way).
 """
 from __future__ import annotations
 
@@ -29,7 +35,8 @@ from pathlib import Path
 import tomllib
 from typing import Any
 
-from evalkit.checkpoints import formats
+from evalkit.checkpoints import fit, formats, timm
+from evalkit.data import pp as pp_lib
 from evalkit.checkpoints.tree import split_spec
 from evalkit.errors import EvalkitError
 from evalkit.models import vit
@@ -38,7 +45,7 @@ from evalkit.models import vit
 CARDS_DIR = Path(__file__).resolve().parents[2] / "checkpoints"
 _REQUIRED = ("name", "format", "path", "model", "resolution")
 _OPTIONAL = ("description", "source", "dont_load",
-             "published", "notes", "training")
+             "published", "notes", "training", "pp", "posemb_resize", "obtain")
 
 
 class CardError(EvalkitError):
@@ -64,6 +71,9 @@ class Card:
     notes: free text (caveats, assumptions).
     training: for checkpoints evalkit trained: step, examples_seen,
       train_flops, upstream dataset/split, config (see evalkit/pretrain.py).
+    pp: the preprocessing the checkpoint was trained with (a pp string), for users and reports.
+    posemb_resize: how to resample its posemb at other resolutions (fit.POSEMB_RESIZE); "" = the format's way.
+    obtain: where a user gets the file (evalkit downloads nothing).
     card_path: the TOML file this card was read from.
   """
   name: str
@@ -77,11 +87,17 @@ class Card:
   published: dict[str, float] = dataclasses.field(default_factory=dict)
   notes: str = ""
   training: dict[str, Any] = dataclasses.field(default_factory=dict)
+  pp: str = ""
+  posemb_resize: str = ""
+  obtain: str = ""
   card_path: Path | None = None
 
   def model(self, num_classes: int | None = None) -> vit.VisionTransformer:
     """The card's ViT; no head by default (feature extraction)."""
     cfg = {k: v for k, v in self.model_config.items() if k != "num_classes"}
+    if "timm_model" in cfg:
+      arch = timm.architecture(cfg.pop("timm_model"), **cfg, num_classes=num_classes or 0)
+      return arch.model()
     return vit.from_config({**cfg, "num_classes": num_classes})
 
   def resolved_path(self) -> str:
@@ -113,7 +129,7 @@ def _check_types(data: dict, card_path) -> None:
           f"{', '.join(_REQUIRED + _OPTIONAL)}")
   if data["format"] not in formats.FORMATS:
     _fail(card_path, f"format must be one of {tuple(formats.FORMATS)}, got {data['format']!r}")
-  for key in ("name", "path", "description", "source", "notes"):
+  for key in ("name", "path", "description", "source", "notes", "pp", "posemb_resize", "obtain"):
     if key in data and not isinstance(data[key], str):
       _fail(card_path, f"{key} must be a string")
   for key in ("resolution",):
@@ -123,6 +139,10 @@ def _check_types(data: dict, card_path) -> None:
       _fail(card_path, f"{key} must be a positive integer, got {value!r}")
   if not isinstance(data["model"], dict):
     _fail(card_path, "[model] must be a table")
+  if data.get("posemb_resize") and data["posemb_resize"] not in fit.POSEMB_RESIZE:
+    _fail(card_path, f"posemb_resize must be one of {fit.POSEMB_RESIZE}, got {data['posemb_resize']!r}")
+  if "timm_model" in data["model"] and data["format"] != "timm":
+    _fail(card_path, f"[model] timm_model needs format = \"timm\", got {data['format']!r}")
   dont_load = data.get("dont_load", [])
   if not (isinstance(dont_load, list)
           and all(isinstance(p, str) for p in dont_load)):
@@ -156,12 +176,18 @@ def parse_card(card_path: str | os.PathLike) -> Card:
       dont_load=tuple(data.get("dont_load", ())),
       published={k: float(v) for k, v in data.get("published", {}).items()},
       notes=data.get("notes", ""), training=dict(data.get("training", {})),
+      pp=data.get("pp", ""), posemb_resize=data.get("posemb_resize", ""), obtain=data.get("obtain", ""),
       card_path=card_path.resolve())
   try:  # Build the model once so a bad [model] table fails here, not later.
     card.model()
-  except (ValueError, TypeError) as e:
+  except (ValueError, TypeError, EvalkitError) as e:
     raise CardError(f"card {card_path}: bad [model] table: "
                     f"{' '.join(str(e).split())}") from None
+  try:
+    if card.pp:
+      pp_lib.parse(card.pp)
+  except (ValueError, TypeError, KeyError) as e:
+    raise CardError(f"card {card_path}: bad pp: {' '.join(str(e).split())}") from None
   return card
 
 

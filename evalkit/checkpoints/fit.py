@@ -25,13 +25,70 @@ def _square_side(n: int) -> int | None:
   return side if side * side == n else None
 
 
-def resample_posemb(posemb: np.ndarray, new_grid) -> np.ndarray:
-  """Resamples a square (1, N, D) posemb grid to `new_grid` = (gh, gw).
+# How each ecosystem resamples a position-embedding grid when the resolution changes (docs/checkpoint_families.md):
+#   linear            big_vision: scipy.ndimage.zoom(order=1), corners map to corners
+#   bicubic           Hugging Face ViT / DINOv2 / SigLIP / CLIP: torch bicubic (a = -0.75), align_corners=False
+#   bicubic_antialias timm (resample_abs_pos_embed): torch bicubic with antialias=True, PIL's filter (a = -0.5)
+POSEMB_RESIZE = ("linear", "bicubic", "bicubic_antialias")
 
-  Linear interpolation with `scipy.ndimage.zoom(order=1)` as in big_vision (e.g. 16x16 -> 37x37 for G/14 at 518 px);
-  corner embeddings map to corner embeddings, so a linear ramp stays exactly linear. A leading class-token row
-  (N = 1 + side**2, N itself not square) is kept unchanged in front.
+
+def _cubic(x: np.ndarray, a: float) -> np.ndarray:
+  """Keys' cubic convolution kernel with coefficient `a`."""
+  x = np.abs(x)
+  near = ((a + 2) * x - (a + 3)) * x * x + 1
+  far = (((x - 5) * x + 8) * x - 4) * a
+  return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of torch's bicubic upsample/downsample (align_corners=False, border taps clamped)."""
+  scale = n_in / n_out
+  src = scale * (np.arange(n_out) + 0.5) - 0.5
+  base = np.floor(src)
+  t = src - base
+  m = np.zeros((n_out, n_in))
+  for tap in range(-1, 3):
+    idx = np.clip(base + tap, 0, n_in - 1).astype(int)
+    np.add.at(m, (np.arange(n_out), idx), _cubic(t - tap, -0.75))
+  return m
+
+
+def _antialias_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) weights of torch's antialiased bicubic (PIL's resampling: the kernel widens by the downscale
+  factor, taps outside the image are dropped and the rest renormalised)."""
+  scale = n_in / n_out
+  support = 2.0 * max(scale, 1.0)
+  inv = 1.0 / max(scale, 1.0)
+  m = np.zeros((n_out, n_in))
+  for i in range(n_out):
+    center = scale * (i + 0.5)
+    lo = max(int(center - support + 0.5), 0)
+    hi = min(int(center + support + 0.5), n_in)
+    taps = np.arange(lo, hi)
+    w = _cubic((taps - center + 0.5) * inv, -0.5)
+    m[i, taps] = w / w.sum() if w.sum() else w
+  return m
+
+
+def _resample_grid(grid: np.ndarray, gh: int, gw: int, method: str) -> np.ndarray:
+  """(h, w, d) float32 grid -> (gh, gw, d)."""
+  h, w, _ = grid.shape
+  if method == "linear":
+    return scipy.ndimage.zoom(grid, (gh / h, gw / w, 1), order=1)
+  matrix = _bicubic_matrix if method == "bicubic" else _antialias_matrix
+  out = np.einsum("yh,hwd->ywd", matrix(h, gh), grid.astype(np.float64))
+  return np.einsum("xw,ywd->yxd", matrix(w, gw), out).astype(np.float32)
+
+
+def resample_posemb(posemb: np.ndarray, new_grid, method: str = "linear") -> np.ndarray:
+  """Resamples a square (1, N, D) posemb grid to `new_grid` = (gh, gw) the way `method` (POSEMB_RESIZE) says.
+
+  "linear" is big_vision's (e.g. 16x16 -> 37x37 for G/14 at 518 px): corner embeddings map to corner embeddings, so
+  a linear ramp stays exactly linear. A leading class-token row (N = 1 + side**2, N itself not square) is kept
+  unchanged in front.
   """
+  if method not in POSEMB_RESIZE:
+    raise ValueError(f"unknown posemb resize {method!r}; expected one of {POSEMB_RESIZE}")
   posemb = np.asarray(posemb)
   if posemb.ndim != 3 or posemb.shape[0] != 1:
     raise ValueError(f"posemb must have shape (1, N, D), got {posemb.shape}")
@@ -46,12 +103,11 @@ def resample_posemb(posemb: np.ndarray, new_grid) -> np.ndarray:
   if (side, side) == (gh, gw):
     return posemb
   dtype = posemb.dtype
-  grid = grid.reshape(side, side, d).astype(np.float32)
-  grid = scipy.ndimage.zoom(grid, (gh / side, gw / side, 1), order=1)
+  grid = _resample_grid(grid.reshape(side, side, d).astype(np.float32), gh, gw, method)
   return np.concatenate([head, grid.reshape(1, gh * gw, d).astype(dtype)], axis=1)
 
 
-def _fit_posemb(flat: dict, expected: Mapping[str, Any], grid) -> dict:
+def _fit_posemb(flat: dict, expected: Mapping[str, Any], grid, method: str) -> dict:
   """Folds an old class-token posemb row into `cls` and resamples to the model's grid."""
   if "pos_embedding" not in flat or "pos_embedding" not in expected:
     return flat
@@ -66,7 +122,7 @@ def _fit_posemb(flat: dict, expected: Mapping[str, Any], grid) -> dict:
     if "cls" in flat:
       flat["cls"] = np.asarray(flat["cls"], np.float32) + np.asarray(row, np.float32)
   if _square_side(pe.shape[1]) is not None and pe.shape[2] == want[2]:
-    pe = resample_posemb(pe, grid)
+    pe = resample_posemb(pe, grid, method)
   flat["pos_embedding"] = pe
   return flat
 
@@ -134,14 +190,18 @@ def mismatch_error(spec, model, image_size, missing, unexpected, misshaped, expe
 
 
 def fit_to_model(flat: Mapping[str, np.ndarray], *, model, image_size=(224, 224), dont_load: Iterable[str] = (),
-                 spec: str = "<memory>") -> dict:
-  """Fits canonical flat arrays to `model` (module docstring); returns its nested params."""
+                 spec: str = "<memory>", posemb_resize: str = "linear") -> dict:
+  """Fits canonical flat arrays to `model` (module docstring); returns its nested params. `posemb_resize` is the
+  resampling of a posemb grid of another resolution (POSEMB_RESIZE)."""
+  if posemb_resize not in POSEMB_RESIZE:
+    raise CheckpointError(f"checkpoint {spec}: unknown posemb resize {posemb_resize!r}; "
+                          f"expected one of {POSEMB_RESIZE}")
   patterns = _compile_patterns(dont_load, spec)
   skip = lambda k: any(p.fullmatch(k) for p in patterns)
   expected = expected_tree(model, image_size)
   has_head = any(k.startswith("head/") for k in expected)
   flat = {k: v for k, v in flat.items() if not skip(k) and (has_head or not k.startswith("head/"))}
-  flat = _fit_posemb(flat, expected, vit.posemb_grid(image_size, model.patch_size))
+  flat = _fit_posemb(flat, expected, vit.posemb_grid(image_size, model.patch_size), posemb_resize)
 
   reinit = sorted(k for k in expected if skip(k))
   missing = sorted(k for k in expected if k not in flat and not skip(k))

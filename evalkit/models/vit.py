@@ -7,6 +7,12 @@ name, with no per-checkpoint conversion table. Everything that changes the
 parameter tree (names, shapes, which params exist) is therefore part of the
 contract and covered by tests/test_vit.py.
 
+Options beyond big_vision (docs/checkpoint_families.md) let the same module run the timm / Hugging Face families
+(DINOv2, SigLIP, CLIP, DeiT): a class token and register tokens independent of the pooling, layer scale, a norm
+before the encoder, pooling without the final token norm plus `fc_norm`, the GELU variants, LayerNorm eps and the
+patch-embedding bias. At their defaults the model, its parameter tree and its numbers are big_vision's, bit for bit,
+and `model_config` leaves them out (so cache keys and result records of big_vision models do not change).
+
 Public API (docs/protocols.md, "ViT and its parameter tree"):
   ViT(num_classes=None, *, variant=None, **kw) -> VisionTransformer
   decode_variant("S/16") -> dict of field values
@@ -40,12 +46,28 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
 
 POOL_TYPES = ("gap", "map", "tok", "0", "none")
 POSEMB_TYPES = ("learn", "sincos2d")
+# "gelu_tanh" is flax's nn.gelu default and big_vision's; "gelu" the exact erf form (timm, HF ViT, DINOv2);
+# "quick_gelu" OpenAI CLIP's x * sigmoid(1.702 x); "swiglu" DINOv2-g's gated MLP, silu(x W1) * (x W2).
+MLP_ACTS = ("gelu_tanh", "gelu", "quick_gelu", "swiglu")
 
 # Dataclass fields that define the computation (and the parameter tree). This
 # is what `model_config` serialises; flax's own `parent`/`name` are excluded.
 CONFIG_FIELDS = ("num_classes", "patch_size", "width", "depth", "mlp_dim",
                  "num_heads", "posemb", "rep_size", "dropout", "pool_type",
                  "head_zeroinit")
+# Options for the timm / Hugging Face families, with the defaults that keep big_vision's model. `model_config` lists
+# one only when it differs from its default.
+EXTENSION_DEFAULTS: dict[str, Any] = {
+    "class_token": None,    # None: big_vision's rule, a class token exactly when pool_type == "tok"
+    "num_registers": 0,     # register tokens after the class token (DINOv2 with registers)
+    "layer_scale": None,    # initial value of a per-channel scale on each residual branch (DINOv2, DeiT-III)
+    "pre_norm": False,      # LayerNorm over the tokens before the encoder (CLIP)
+    "final_norm": True,     # the encoder's final token norm; False: tokens leave the encoder unnormalised
+    "fc_norm": False,       # LayerNorm after pooling (DeiT-style avg pooling, the CLIP pooled token)
+    "mlp_act": "gelu_tanh",
+    "ln_eps": 1e-6,         # flax's default; torch's LayerNorm default is 1e-5, HF ViT's config 1e-12
+    "patch_bias": True,
+}
 
 _XAVIER = nn.initializers.xavier_uniform()
 
@@ -120,10 +142,24 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
   return jnp.asarray(pe, dtype)[None]
 
 
+def _activation(x, mlp_act: str):
+  if mlp_act == "gelu_tanh":
+    return nn.gelu(x)  # approximate=True, flax's default
+  if mlp_act == "gelu":
+    return nn.gelu(x, approximate=False)
+  if mlp_act == "quick_gelu":
+    return x * jax.nn.sigmoid(1.702 * x)
+  if mlp_act == "swiglu":  # Dense_0 made both halves: the gate first (timm's SwiGLUPacked, HF's Dinov2SwiGLUFFN)
+    gate, value = jnp.split(x, 2, axis=-1)
+    return nn.silu(gate) * value
+  raise ValueError(f"unknown mlp_act {mlp_act!r}; expected one of {MLP_ACTS}")
+
+
 class MlpBlock(nn.Module):
-  """Transformer feed-forward block: Dense -> gelu -> dropout -> Dense."""
+  """Transformer feed-forward block: Dense -> activation -> dropout -> Dense."""
   mlp_dim: int | None = None  # None -> 4 * input width.
   dropout: float = 0.0
+  mlp_act: str = "gelu_tanh"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
@@ -131,10 +167,20 @@ class MlpBlock(nn.Module):
     # Tiny (non-zero) bias init as in big_vision; only matters for training.
     inits = dict(kernel_init=_XAVIER,
                  bias_init=nn.initializers.normal(stddev=1e-6))
-    x = nn.Dense(self.mlp_dim or 4 * width, name="Dense_0", **inits)(x)
-    x = nn.gelu(x)
+    hidden = self.mlp_dim or 4 * width
+    x = nn.Dense(2 * hidden if self.mlp_act == "swiglu" else hidden, name="Dense_0", **inits)(x)
+    x = _activation(x, self.mlp_act)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
     return nn.Dense(width, name="Dense_1", **inits)(x)
+
+
+class LayerScale(nn.Module):
+  """Per-channel scale of a residual branch (Touvron et al., CaiT; used by DINOv2 and DeiT-III)."""
+  init_value: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x):
+    return x * self.param("scale", nn.initializers.constant(self.init_value), (x.shape[-1],), x.dtype)
 
 
 def _attention(num_heads: int, deterministic: bool, name: str):
@@ -144,49 +190,65 @@ def _attention(num_heads: int, deterministic: bool, name: str):
 
 
 class Encoder1DBlock(nn.Module):
-  """Pre-LN block: x + Attn(LN(x)), then x + Mlp(LN(x))."""
+  """Pre-LN block: x + Attn(LN(x)), then x + Mlp(LN(x)) (each branch scaled by a LayerScale when enabled)."""
   mlp_dim: int | None = None
   num_heads: int = 12
   dropout: float = 0.0
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  layer_scale: float | None = None
+
+  def _scaled(self, y, index: int):
+    return y if self.layer_scale is None else LayerScale(self.layer_scale, name=f"LayerScale_{index}")(y)
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
-    y = nn.LayerNorm(name="LayerNorm_0")(x)
+    y = nn.LayerNorm(epsilon=self.ln_eps, name="LayerNorm_0")(x)
     y = _attention(self.num_heads, deterministic,
                    "MultiHeadDotProductAttention_0")(y, y)
-    x = x + nn.Dropout(rate=self.dropout)(y, deterministic)
-    y = nn.LayerNorm(name="LayerNorm_1")(x)
-    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout,
+    x = x + nn.Dropout(rate=self.dropout)(self._scaled(y, 0), deterministic)
+    y = nn.LayerNorm(epsilon=self.ln_eps, name="LayerNorm_1")(x)
+    y = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, mlp_act=self.mlp_act,
                  name="MlpBlock_0")(y, deterministic)
-    return x + nn.Dropout(rate=self.dropout)(y, deterministic)
+    return x + nn.Dropout(rate=self.dropout)(self._scaled(y, 1), deterministic)
 
 
 class Encoder(nn.Module):
-  """Stack of encoder blocks followed by the final `encoder_norm`."""
+  """Stack of encoder blocks followed by the final `encoder_norm` (unless final_norm is False)."""
   depth: int
   mlp_dim: int | None = None
   num_heads: int = 12
   dropout: float = 0.0
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  layer_scale: float | None = None
+  final_norm: bool = True
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
     out = {}
     for i in range(self.depth):
       x = Encoder1DBlock(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                         dropout=self.dropout,
+                         dropout=self.dropout, mlp_act=self.mlp_act, ln_eps=self.ln_eps,
+                         layer_scale=self.layer_scale,
                          name=f"encoderblock_{i}")(x, deterministic)
       out[f"block{i}"] = x
-    return nn.LayerNorm(name="encoder_norm")(x), out
+    if self.final_norm:
+      x = nn.LayerNorm(epsilon=self.ln_eps, name="encoder_norm")(x)
+    return x, out
 
 
 class MAPHead(nn.Module):
   """Multihead attention pooling: one learned probe attends over all tokens.
 
   Deliberately no LayerNorm before the attention (the encoder output is
-  already normalised by `encoder_norm`); this matches big_vision's tree.
+  already normalised by `encoder_norm`); this matches big_vision's tree,
+  timm's `AttentionPoolLatent` and Hugging Face SigLIP's pooling head.
   """
   mlp_dim: int | None = None
   num_heads: int = 12
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x):
@@ -195,8 +257,8 @@ class MAPHead(nn.Module):
     probe = jnp.tile(probe, [n, 1, 1])
     x = _attention(self.num_heads, True,
                    "MultiHeadDotProductAttention_0")(probe, x)
-    y = nn.LayerNorm(name="LayerNorm_0")(x)
-    x = x + MlpBlock(mlp_dim=self.mlp_dim, name="MlpBlock_0")(y)
+    y = nn.LayerNorm(epsilon=self.ln_eps, name="LayerNorm_0")(x)
+    x = x + MlpBlock(mlp_dim=self.mlp_dim, mlp_act=self.mlp_act, name="MlpBlock_0")(y)
     return x[:, 0]
 
 
@@ -206,7 +268,8 @@ class VisionTransformer(nn.Module):
   `__call__(image, *, train=False)` takes NHWC float images and returns
   `(x, out)`: x is the logits when `num_classes` is truthy, else pre_logits;
   `out` holds intermediates ("stem", "block{i}", "encoded", "head_input",
-  "pre_logits", "logits").
+  "pre_logits", "logits"). "encoded" is every token after the final norm, in
+  the order class token, registers, patches.
   """
   num_classes: int | None = None
   patch_size: Sequence[int] = (16, 16)
@@ -219,6 +282,25 @@ class VisionTransformer(nn.Module):
   dropout: float = 0.0
   pool_type: str = "gap"  # "gap" | "map" | "tok" | "0" | "none"
   head_zeroinit: bool = True
+  # The family options (EXTENSION_DEFAULTS says what each one is).
+  class_token: bool | None = None
+  num_registers: int = 0
+  layer_scale: float | None = None
+  pre_norm: bool = False
+  final_norm: bool = True
+  fc_norm: bool = False
+  mlp_act: str = "gelu_tanh"
+  ln_eps: float = 1e-6
+  patch_bias: bool = True
+
+  @property
+  def has_class_token(self) -> bool:
+    return self.pool_type == "tok" if self.class_token is None else bool(self.class_token)
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    """Tokens in front of the patches: the class token and the registers."""
+    return int(self.has_class_token) + self.num_registers
 
   def _posemb(self, h: int, w: int, dtype):
     if self.posemb == "learn":
@@ -229,13 +311,25 @@ class VisionTransformer(nn.Module):
     raise ValueError(f"unknown posemb {self.posemb!r}; "
                      f"expected one of {POSEMB_TYPES}")
 
+  def _prefix_tokens(self, n: int, dtype) -> list:
+    """The class token and the registers, tiled over the batch. Position embeddings of prefix tokens (timm's and
+    HF's layouts) are folded into these parameters when a checkpoint is read, so they carry no posemb here."""
+    tokens = []
+    if self.has_class_token:
+      tokens.append(self.param("cls", nn.initializers.zeros, (1, 1, self.width), dtype))
+    if self.num_registers:
+      tokens.append(self.param("registers", nn.initializers.normal(1e-6), (1, self.num_registers, self.width),
+                               dtype))
+    return [jnp.tile(t, [n, 1, 1]) for t in tokens]
+
   def _pool(self, x):
-    """Reduces encoded tokens (n, l, d) to the head input."""
+    """Reduces encoded tokens (n, l, d) to the head input. gap and map see the patch tokens only (timm's default)."""
+    patches = x[:, self.num_prefix_tokens:]
     if self.pool_type == "map":
-      return MAPHead(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                     name="MAPHead_0")(x)
+      return MAPHead(mlp_dim=self.mlp_dim, num_heads=self.num_heads, mlp_act=self.mlp_act, ln_eps=self.ln_eps,
+                     name="MAPHead_0")(patches)
     if self.pool_type == "gap":
-      return jnp.mean(x, axis=1)
+      return jnp.mean(patches, axis=1)
     if self.pool_type in ("0", "tok"):
       return x[:, 0]
     if self.pool_type == "none":
@@ -247,7 +341,7 @@ class VisionTransformer(nn.Module):
   def __call__(self, image, *, train: bool = False):
     out = {}
     patch = _pair(self.patch_size)
-    x = nn.Conv(self.width, patch, strides=patch, padding="VALID",
+    x = nn.Conv(self.width, patch, strides=patch, padding="VALID", use_bias=self.patch_bias,
                 name="embedding")(image)
     n, h, w, c = x.shape
     x = out["stem"] = jnp.reshape(x, [n, h * w, c])
@@ -255,17 +349,23 @@ class VisionTransformer(nn.Module):
     # Posemb is added before the class token exists, so the token carries no
     # position and the posemb stays an exact (h, w) grid (resizable).
     x = x + self._posemb(h, w, x.dtype)
-    if self.pool_type == "tok":
-      cls = self.param("cls", nn.initializers.zeros, (1, 1, c), x.dtype)
-      x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    prefix = self._prefix_tokens(n, x.dtype)
+    if prefix:
+      x = jnp.concatenate([*prefix, x], axis=1)
+    if self.pre_norm:
+      x = nn.LayerNorm(epsilon=self.ln_eps, name="pre_norm")(x)
     x = nn.Dropout(rate=self.dropout)(x, not train)
 
     x, blocks = Encoder(depth=self.depth, mlp_dim=self.mlp_dim,
-                        num_heads=self.num_heads, dropout=self.dropout,
+                        num_heads=self.num_heads, dropout=self.dropout, mlp_act=self.mlp_act,
+                        ln_eps=self.ln_eps, layer_scale=self.layer_scale, final_norm=self.final_norm,
                         name="Transformer")(x, deterministic=not train)
     out.update(blocks)
     out["encoded"] = x
-    x = out["head_input"] = self._pool(x)
+    x = self._pool(x)
+    if self.fc_norm:
+      x = nn.LayerNorm(epsilon=self.ln_eps, name="fc_norm")(x)
+    out["head_input"] = x
 
     if self.rep_size:
       rep = self.width if self.rep_size is True else int(self.rep_size)
@@ -286,10 +386,10 @@ def ViT(num_classes: int | None = None, *, variant: str | None = None,
     ViT(num_classes=10, variant="B/16", pool_type="map")
     ViT(width=32, depth=2, mlp_dim=64, num_heads=2, patch_size=4)
   """
-  unknown = set(kwargs) - set(CONFIG_FIELDS)
+  unknown = set(kwargs) - set(CONFIG_FIELDS) - set(EXTENSION_DEFAULTS)
   if unknown:
     raise ValueError(f"unknown ViT option(s) {sorted(unknown)}; "
-                     f"known: {', '.join(CONFIG_FIELDS)}")
+                     f"known: {', '.join((*CONFIG_FIELDS, *EXTENSION_DEFAULTS))}")
   cfg = {**decode_variant(variant), **kwargs}
   if "patch_size" in cfg:
     cfg["patch_size"] = _pair(cfg["patch_size"])
@@ -299,6 +399,12 @@ def ViT(num_classes: int | None = None, *, variant: str | None = None,
   if cfg.get("posemb", "learn") not in POSEMB_TYPES:
     raise ValueError(f"unknown posemb {cfg['posemb']!r}; "
                      f"expected one of {POSEMB_TYPES}")
+  if cfg.get("mlp_act", "gelu_tanh") not in MLP_ACTS:
+    raise ValueError(f"unknown mlp_act {cfg['mlp_act']!r}; expected one of {MLP_ACTS}")
+  if cfg.get("pool_type") == "tok" and cfg.get("class_token") is False:
+    raise ValueError("pool_type 'tok' needs the class token (class_token=False given)")
+  if not isinstance(cfg.get("num_registers", 0), int) or cfg.get("num_registers", 0) < 0:
+    raise ValueError(f"num_registers must be a non-negative integer, got {cfg['num_registers']!r}")
   return VisionTransformer(num_classes=num_classes, **cfg)
 
 
@@ -316,6 +422,10 @@ def model_config(model: VisionTransformer) -> dict[str, Any]:
     cfg["rep_size"] = int(cfg["rep_size"])
   if cfg["num_classes"] is not None:
     cfg["num_classes"] = int(cfg["num_classes"])
+  for field, default in EXTENSION_DEFAULTS.items():
+    value = getattr(model, field)
+    if value != default or type(value) is not type(default):
+      cfg[field] = value
   return cfg
 
 
@@ -349,6 +459,8 @@ def describe(model: VisionTransformer) -> str:
             f"mlp_dim={model.mlp_dim or 4 * model.width}, "
             f"num_heads={model.num_heads}, patch={patch}")
   extras = [f"pool_type={model.pool_type}"]
+  extras += [f"{k}={getattr(model, k)}" for k, default in EXTENSION_DEFAULTS.items()
+             if getattr(model, k) != default]
   if model.posemb != "learn":
     extras.append(f"posemb={model.posemb}")
   if model.rep_size:
@@ -367,7 +479,7 @@ def param_count(model: VisionTransformer, image_size=(224, 224)) -> int:
 
 
 __all__ = [
-    "VARIANTS", "VisionTransformer", "ViT", "decode_variant", "model_config",
+    "VARIANTS", "EXTENSION_DEFAULTS", "MLP_ACTS", "VisionTransformer", "ViT", "decode_variant", "model_config",
     "from_config", "posemb_grid", "posemb_sincos_2d", "describe", "size_name",
     "param_count",
 ]

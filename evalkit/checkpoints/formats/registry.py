@@ -20,8 +20,12 @@ from evalkit.checkpoints.tree import CheckpointError, split_spec
 class Format:
   """One way checkpoints are stored.
 
-  read(spec) -> flat "/"-joined dict of numpy arrays as stored (after `:prefix` selection, before any renames);
-  write(path, params, **kw) saves a params tree; read_meta(spec) -> evalkit metadata saved beside it, or None.
+  read(spec) -> flat dict of numpy arrays as stored (after `:prefix` selection, before any renames);
+  convert(flat, model, spec) -> the same arrays under evalkit's (big_vision's) names for `model` (None: the
+  format's names already are big_vision's, `big_vision.canonicalize` handles historical layouts);
+  write(path, params, **kw) saves a params tree; read_meta(spec) -> evalkit metadata saved beside it, or None
+  ({"model": ViT kwargs} lets a path be evaluated without model flags);
+  posemb_resize: how the ecosystem the format comes from resamples position embeddings (fit.POSEMB_RESIZE).
   `suffixes` claim files by name; `claims_dir(directory)` claims directories; `fallback_for` ("file" / "dir") makes
   the format the reader of last resort for unclaimed paths of that kind, so its reader explains what is wrong.
   """
@@ -32,6 +36,8 @@ class Format:
   write: Callable | None = None
   read_meta: Callable[[str], dict | None] = lambda spec: None
   fallback_for: str | None = None
+  convert: Callable | None = None
+  posemb_resize: str = "linear"
 
 
 FORMATS: dict[str, Format] = {}
