@@ -40,9 +40,10 @@ class Subject:
     """The checkpoint fitted to `model` (default: the subject's, loaded once per resolution) at `image_size`, with
     the subject's `dont_load` plus `dont_load` (e.g. a fine-tune's new head)."""
     if self.card is not None and not self.card.available():
+      where = f"; the card says where to get it: {self.card.obtain}" if self.card.obtain else ""
       raise checkpoints.CheckpointError(
           f"checkpoint {self.path} of card {self.card.name} is not on this machine (evalkit downloads nothing; put "
-          "the file there or edit the card's path)")
+          f"the file there or edit the card's path){where}")
     load = lambda m, skip: checkpoints.load_checkpoint(self.path, model=m, image_size=image_size, dont_load=skip,
                                                        format=self.format, posemb_resize=self.posemb_resize)
     if model is not None or dont_load:

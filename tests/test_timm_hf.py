@@ -194,3 +194,43 @@ def test_hf_foreign_or_pickled_directory_is_refused(tmp_path):
   (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
   with pytest.raises(checkpoints.CheckpointError, match="never loads"):
     checkpoints.load_hf(tmp_path)
+
+
+# --- End to end: `evalkit eval` of a timm file and a Hugging Face directory, then the leaderboard -----------------
+@pytest.mark.slow
+def test_eval_timm_and_hf_checkpoints_on_digits_then_leaderboard(tmp_path, data_dir):
+  import shutil  # pylint: disable=import-outside-toplevel
+  from conftest import run_cli  # pylint: disable=import-outside-toplevel
+  results = tmp_path / "results"
+  common = ["--tasks=digits", f"--data_dir={data_dir}", f"--results_dir={results}",
+            f"--cache_dir={tmp_path / 'cache'}", "--progress=false", "--loo=false"]
+  proc = run_cli("eval", f"--checkpoint={os.path.join(TIMM_DIR, 'dinov2.safetensors')}",
+                 "--timm_model=vit_small_patch14_dinov2", "--timm_kwargs=embed_dim=24,depth=2,num_heads=2,patch_size=8",
+                 *common)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  record = json.loads((results / "dinov2" / "digits.json").read_text())
+  described = record["checkpoint"]
+  assert described["format"] == "timm" and described["architecture"] == "timm vit_small_patch14_dinov2"
+  assert described["posemb_resize"] == "bicubic_antialias"  # 4x4 posemb grid resampled to digits' 3x3
+  assert described["model"]["layer_scale"] == 1e-5 and described["model"]["mlp_act"] == "gelu"
+  ten_shot = record["metrics"]["10shot"]["value"]
+  assert 0.2 < ten_shot < 1.0  # a random tiny network: well above chance (10%) on digits, below perfect
+
+  transformers = pytest.importorskip("transformers")
+  hf_dir = tmp_path / "hf_vit"
+  transformers.ViTModel(transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               intermediate_size=48, image_size=32, patch_size=8)).save_pretrained(hf_dir)
+  proc = run_cli("eval", f"--checkpoint={hf_dir}", "--name=hf_vit", *common)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  hf_record = json.loads((results / "hf_vit" / "digits.json").read_text())
+  assert hf_record["checkpoint"]["format"] == "hf" and hf_record["checkpoint"]["posemb_resize"] == "bicubic"
+
+  # Beside an evalkit-trained checkpoint (a committed record of the pre-training stage's digits_tiny run).
+  shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "results_v1", "digits_tiny_step_60"),
+                  results / "digits_tiny_step_60")
+  proc = run_cli("report", f"--results_dir={results}", f"--out={tmp_path / 'report'}", "--bootstrap_samples=20")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  board = (tmp_path / "report" / "leaderboard.md").read_text()
+  for name in ("dinov2", "hf_vit", "digits_tiny_step_60"):
+    assert name in board
+  assert f"{100 * ten_shot:.1f}" in board
