@@ -85,10 +85,15 @@ def write(path: Path, record: dict, manifest: dict | None = None, items: dict | 
   fileio.atomic_write_json(path, record)
 
 
-def make_items(test_ids, test_labels, episodes: list[str], predictions) -> dict[str, np.ndarray]:
-  """The per-test-item layout of every adapter: E episodes × n test items of predicted labels."""
-  return {"test_ids": np.asarray(test_ids), "test_labels": np.asarray(test_labels).astype(np.int32),
-          "episodes": np.array(episodes), "predictions": np.stack(predictions).astype(np.int32)}
+def make_items(test_ids, test_labels, episodes: list[str], predictions,
+               top_classes=None) -> dict[str, np.ndarray]:
+  """The per-test-item layout of every adapter: E episodes × n test items of predicted labels, and where scores
+  exist `top_classes` (E × n × k: the k highest-scoring classes, best first, for top-k metrics)."""
+  items = {"test_ids": np.asarray(test_ids), "test_labels": np.asarray(test_labels).astype(np.int32),
+           "episodes": np.array(episodes), "predictions": np.stack(predictions).astype(np.int32)}
+  if top_classes is not None:
+    items["top_classes"] = np.stack(top_classes).astype(np.int32)
+  return items
 
 
 def episodes_of(items: dict, metric: str) -> list[int]:

@@ -85,7 +85,7 @@ def test_bad_finetune_specs_are_one_line_errors(tmp_path, body, needle):
     ({"headline_shots": 7}, "headline_shots 7 is not one of shots"),
     ({"l2_reg": True}, "l2_reg must be a number"),
     ({"protocol": "finetune", "pp_train": "decode", "batch_size": 0}, "batch_size and total_steps must be positive"),
-    ({"protocol": "knn"}, "unknown protocol 'knn'"),
+    ({"protocol": "linear_svm"}, "unknown protocol 'linear_svm'"),
 ])
 def test_adapter_fields_are_type_checked_and_validated(fields, needle):
   spec = {"name": "x", "dataset": "digits", "protocol": "fewshot_ridge", "train_split": "train", "test_split": "test",

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from evalkit import distributed, features, results
+from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests, frozen
 from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
 from evalkit.data import pp as pp_lib
@@ -39,7 +40,7 @@ class FewshotConfig:
 
 
 @register_adapter("fewshot_ridge", FewshotConfig, headline=lambda c: f"{c.headline_shots}shot",
-                  metric_names=lambda c: [f"{k}shot" for k in c.shots])
+                  metric_names=lambda c: [m for k in c.shots for m in (f"{k}shot", *metrics_lib.derived_names(f"{k}shot"))])
 def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   """Every (shots, seed) episode on the task's train/test features; λ fixed, and LOO-chosen beside it."""
   cfg = task.config
@@ -56,7 +57,7 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   extras = _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh)
   keys = [f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]
   return Outcome(
-      metrics=ridge.summarize(episodes, test.labels),
+      metrics=_metrics(episodes, test.labels, num_classes),
       checkpoint={**subject.describe(image_size), "featurizer": featurizer.identity},
       dataset=source.dataset_fingerprint(readers["test"]),
       data={"image_size": list(image_size), "num_classes": num_classes, "n_train": len(train.x),
@@ -69,8 +70,21 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
       manifest={"task": task.name, "train_split": task.train_split,
                 "note": "absolute example indices (in the base split) of each k-shot set, in class-then-draw order",
                 "episodes": {key: train.ids[ep.train_positions].tolist() for key, ep in zip(keys, episodes)}},
-      items=results.make_items(test.ids, test.labels, keys, [ep.predictions for ep in episodes]),
+      items=results.make_items(test.ids, test.labels, keys, [ep.predictions for ep in episodes],
+                               top_classes=[ep.top_classes for ep in episodes]),
       timings=timings)
+
+
+def _metrics(episodes, labels, num_classes) -> dict:
+  """big_vision's per-shot accuracy summary, plus per-class, mean-per-class and top-5 over the same episodes."""
+  out = ridge.summarize(episodes, labels)
+  for k in sorted({ep.shots for ep in episodes}):
+    eps = sorted((ep for ep in episodes if ep.shots == k), key=lambda ep: ep.seed)
+    more = metrics_lib.classification_metrics(f"{k}shot", np.stack([ep.predictions for ep in eps]), labels,
+                                              num_classes, top_indices=np.stack([ep.top_classes for ep in eps]))
+    out[f"{k}shot"]["per_class"] = more.pop(f"{k}shot")["per_class"]
+    out.update(more)
+  return out
 
 
 def _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh) -> dict:

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from evalkit import checkpoints, features, results, stats
+from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests
 from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
 from evalkit.train import loop, optim
@@ -28,6 +29,7 @@ from evalkit.data import memory
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.models import vit
+from evalkit.probes import logistic
 
 log = logging.getLogger(__name__)
 
@@ -113,15 +115,7 @@ class Splits:
   num_classes: int
 
 
-def minival_cut(start: int, stop: int, fraction: float) -> int:
-  """Where minival begins: the last `fraction` of [start, stop), rounded as tfds rounds `train[99%:]`.
-
-  tfds puts a percent boundary at round(pct · n / 100) ("closest" rounding), so with fraction 0.01 the parts are
-  exactly big_vision's `train[:99%]` / `train[99%:]`. At least one example is held out.
-  """
-  n = stop - start
-  keep_pct = 100.0 - round(100.0 * fraction, 9)
-  return min(start + int(round(keep_pct * n / 100.0)), stop - 1)
+minival_cut = source.percent_cut  # where minival begins (tests and docs name it so)
 
 
 def split_minival(task, data_dir) -> Splits:
@@ -149,14 +143,18 @@ def optimizer_config(task, lr: float) -> dict:
           "schedule": {"decay_type": cfg.decay_type, "warmup_steps": cfg.warmup_steps}}
 
 
-def _top1(scorer: features.Featurizer, params, reader, preprocess, mesh,
-          batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """(predicted labels, true labels, example ids) over a split, through the sharded, batch-invariant feature path.
+def _logits(scorer: features.Featurizer, params, reader, preprocess, mesh, batch_size) -> features.Features:
+  """The model's logits over a split (`x`), with labels and ids, through the sharded, batch-invariant feature path.
 
   `scorer` is the model's logits featurizer, built once per evaluation: the params change, its compiled forward
   (memoised on its function) is reused for every lr, the Polyak weights and the test split."""
-  out = features.extract(dataclasses.replace(scorer, params=params), reader, preprocess, mesh=mesh,
-                         batch_size=batch_size, progress=False)
+  return features.extract(dataclasses.replace(scorer, params=params), reader, preprocess, mesh=mesh,
+                          batch_size=batch_size, progress=False)
+
+
+def _top1(scorer, params, reader, preprocess, mesh, batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(predicted labels, true labels, example ids) over a split."""
+  out = _logits(scorer, params, reader, preprocess, mesh, batch_size)
   return np.argmax(out.x, axis=1), out.labels, out.ids
 
 
@@ -210,7 +208,8 @@ def choose(runs: list[LrRun]) -> LrRun | None:
 
 
 def _metric_names(cfg: FinetuneConfig) -> list[str]:
-  return ["top1", "top1_polyak"] if cfg.polyak_decay is not None else ["top1"]
+  bases = ["top1", "top1_polyak"] if cfg.polyak_decay is not None else ["top1"]
+  return [m for b in bases for m in (b, *metrics_lib.derived_names(b))]
 
 
 @register_adapter("finetune", FinetuneConfig, headline=lambda cfg: "top1", metric_names=_metric_names,
@@ -239,16 +238,22 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
       if r is not choose(runs):
         r.state = None
   best = choose(runs)
-  metrics, extras, keys, predictions, test_ids, test_labels = {}, {}, [], [], None, None
+  metrics, extras, keys, predictions, tops, test_ids, test_labels = {}, {}, [], [], [], None, None
   opened_extras = extra_tests.open_all(task, settings.data_dir, splits.num_classes)
   if best is not None:
     for key, params in (("top1", best.state["params"]), ("top1_polyak", best.state.get("ema"))):
       if params is None:
         continue
-      pred, test_labels, test_ids = _top1(scorer, params, splits.test, preprocess, mesh, cfg.batch_size)
+      scored = _logits(scorer, params, splits.test, preprocess, mesh, cfg.batch_size)
+      test_labels, test_ids = scored.labels, scored.ids
+      top = np.argsort(-scored.x, axis=1, kind="stable")[:, :min(5, splits.num_classes)]
+      pred = top[:, 0]
       keys.append(key)
       predictions.append(pred)
-      metrics[key] = stats.bootstrap_interval(pred == test_labels)
+      tops.append(top)
+      metrics.update(metrics_lib.classification_metrics(key, pred, test_labels, splits.num_classes, top_indices=top,
+                                                        probabilities=logistic.softmax(scored.x)))
+      metrics[key].update(stats.bootstrap_interval(pred == test_labels))  # top-1's interval as before
       for opened in opened_extras:  # the same model on the task's other test sets
         pred, labels, _ = _top1(scorer, params, opened.reader, pp_lib.parse(opened.pp), mesh, cfg.batch_size)
         entry = extras.setdefault(opened.spec.name, {**extra_tests.describe(opened, labels), "metrics": {}})
@@ -267,5 +272,5 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
       extra_tests=extras,
       manifest={"task": task.name, "note": "absolute example id ranges [start, stop) in the base train split",
                 "train_ids": list(splits.train_range), "minival_ids": list(splits.minival_range)},
-      items=results.make_items(test_ids, test_labels, keys, predictions) if keys else None,
+      items=results.make_items(test_ids, test_labels, keys, predictions, top_classes=tops) if keys else None,
   )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evalkit import results, stats
+from evalkit import metrics, results, stats
 from evalkit.errors import EvalkitError
 
 
@@ -41,14 +41,22 @@ class TaskComparison:
   se: float
 
 
-def _correct(result_file: Path, record: dict) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """(episodes × items) correctness on the headline metric, the test ids, and the episode keys."""
+def _correct(result_file: Path, record: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+  """(episodes × items) correctness on the headline metric, per-item weights (all 1, or the mean-per-class weights),
+  the test ids, and the episode keys."""
   items = results.load_items(result_file)
-  keep = results.episodes_of(items, record["headline"]["metric"])
-  if not keep:
+  base, statistic = metrics.metric_parts(record["headline"]["metric"])
+  keep = results.episodes_of(items, base)
+  if not keep or (statistic == "top5" and "top_classes" not in items):
     raise CompareError(f"{result_file}: no per-item predictions for {record['headline']['metric']}")
   keys = [str(items["episodes"][i]) for i in keep]
-  return items["predictions"][keep] == items["test_labels"][None], items["test_ids"], keys
+  labels = items["test_labels"]
+  if statistic == "top5":
+    correct = metrics.in_top_k(items["top_classes"][keep][..., :metrics.TOP_K], labels[None])
+  else:
+    correct = items["predictions"][keep] == labels[None]
+  weights = metrics.class_weights(labels) if statistic == "mean_per_class" else np.ones(len(labels))
+  return correct, weights, items["test_ids"], keys
 
 
 def mcnemar_p(a_only: int, b_only: int) -> float:
@@ -60,9 +68,12 @@ def mcnemar_p(a_only: int, b_only: int) -> float:
   return math.erfc(math.sqrt(chi2 / 2))  # survival function of χ²(1)
 
 
-def paired_bootstrap(ca: np.ndarray, cb: np.ndarray, *, resamples: int = 2000, seed: int = 0):
-  """Δ's bootstrap distribution, resampling test items jointly for both checkpoints and all episodes."""
-  return stats.item_bootstrap_means((ca.astype(np.float64) - cb).mean(axis=0), resamples=resamples, seed=seed)
+def paired_bootstrap(ca: np.ndarray, cb: np.ndarray, weights: np.ndarray | None = None, *, resamples: int = 2000,
+                     seed: int = 0):
+  """Δ's bootstrap distribution, resampling test items jointly for both checkpoints and all episodes; `weights`
+  per item make the item mean a mean-per-class accuracy (`metrics.class_weights`)."""
+  diff = (ca.astype(np.float64) - cb).mean(axis=0)
+  return stats.item_bootstrap_means(diff if weights is None else diff * weights, resamples=resamples, seed=seed)
 
 
 def compare_task(file_a: Path, file_b: Path) -> TaskComparison:
@@ -70,20 +81,23 @@ def compare_task(file_a: Path, file_b: Path) -> TaskComparison:
   if ra["task"]["spec_hash"] != rb["task"]["spec_hash"]:
     raise CompareError(f"{file_a} and {file_b}: different task specs ({ra['task']['spec_hash']} vs "
                        f"{rb['task']['spec_hash']})")
-  ca, ids_a, keys_a = _correct(file_a, ra)
-  cb, ids_b, keys_b = _correct(file_b, rb)
+  if ra["headline"]["metric"] != rb["headline"]["metric"]:
+    raise CompareError(f"{file_a} and {file_b}: different headline metrics")
+  ca, weights, ids_a, keys_a = _correct(file_a, ra)
+  cb, _, ids_b, keys_b = _correct(file_b, rb)
   if not np.array_equal(ids_a, ids_b) or keys_a != keys_b:
     raise CompareError(f"{file_a} and {file_b}: not the same test items / episodes")
   ma, mb = (json.loads(results.manifest_path(f).read_text()) if results.manifest_path(f).exists() else None
             for f in (file_a, file_b))
   if ma != mb:  # e.g. other k-shot sets, another minival cut
     raise CompareError(f"{file_a} and {file_b}: the training examples differ (episode manifests)")
-  boot = paired_bootstrap(ca, cb)
-  delta = float(ca.mean() - cb.mean())
+  boot = paired_bootstrap(ca, cb, weights)
+  acc_a, acc_b = float((ca * weights).mean()), float((cb * weights).mean())
+  delta = acc_a - acc_b
   lo, hi = np.quantile(boot, [0.025, 0.975])
   p_boot = min(1.0, 2 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
   a_only, b_only = int(np.sum(ca & ~cb)), int(np.sum(~ca & cb))
-  return TaskComparison(ra["task"]["name"], ra["headline"]["metric"], float(ca.mean()), float(cb.mean()), delta,
+  return TaskComparison(ra["task"]["name"], ra["headline"]["metric"], acc_a, acc_b, delta,
                         (float(lo), float(hi)), float(p_boot), mcnemar_p(a_only, b_only), a_only, b_only,
                         float(boot.std(ddof=1)))
 

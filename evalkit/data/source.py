@@ -72,6 +72,17 @@ def resolve_split(split: str, split_infos) -> tuple[str, int, int]:
   return piece.splitname, start, max(start, stop)
 
 
+def percent_cut(start: int, stop: int, fraction: float) -> int:
+  """Where the held-out last `fraction` of [start, stop) begins, rounded as tfds rounds `train[99%:]`.
+
+  tfds puts a percent boundary at round(pct · n / 100) ("closest" rounding), so with fraction 0.01 the parts are
+  exactly big_vision's `train[:99%]` / `train[99%:]`. At least one example is held out.
+  """
+  n = stop - start
+  keep_pct = 100.0 - round(100.0 * fraction, 9)
+  return min(start + int(round(keep_pct * n / 100.0)), stop - 1)
+
+
 def shard_bounds(start: int, stop: int, process_index: int,
                  process_count: int) -> tuple[int, int]:
   """Contiguous piece of [start, stop) for one process (sizes differ by <= 1)."""

@@ -35,6 +35,7 @@ DEFAULT_L2_REG = 1024.0  # 2**10, big_vision's fixed value.
 LOO_L2_GRID = tuple(2.0**p for p in range(-5, 16))  # 2^-5 ... 2^15
 BIAS_FEATURE = 100.0
 STD_EPS = 1e-5
+TOP_CLASSES = 5
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,14 +150,16 @@ def _solve_episode(x_shot, y_shot, x_test, l2_reg, l2_grid, *, num_classes):
   x = _whiten_and_bias(x_shot, mean, std)
   xt = _whiten_and_bias(x_test.astype(jnp.float32), mean, std)
   e, vecs, proj = _spectral_factors(x, y_shot, num_classes)
-  pred_fixed = jnp.argmax(xt @ _weights(x, e, vecs, proj, l2_reg), axis=1)
+  scores = xt @ _weights(x, e, vecs, proj, l2_reg)
+  pred_fixed = jnp.argmax(scores, axis=1)
+  top_fixed = jax.lax.top_k(scores, min(TOP_CLASSES, num_classes))[1]  # for top-5 (ties: lower class first)
   if l2_grid is None:
-    return pred_fixed, None, None
+    return pred_fixed, top_fixed, None, None
   loo_err = _loo_errors(x, y_shot, e, vecs, proj, l2_grid)
   # Ties go to the largest λ: among equally good fits, prefer the most regularised one.
   best = len(l2_grid) - 1 - jnp.argmin(loo_err[::-1])
   pred_loo = jnp.argmax(xt @ _weights(x, e, vecs, proj, l2_grid[best]), axis=1)
-  return pred_fixed, pred_loo, loo_err
+  return pred_fixed, top_fixed, pred_loo, loo_err
 
 
 @dataclasses.dataclass
@@ -167,6 +170,7 @@ class Episode:
   l2_reg: float
   accuracy: float
   predictions: np.ndarray  # predicted test labels at the fixed λ, in test order
+  top_classes: np.ndarray  # (n_test, min(5, K)) highest-scoring classes at the fixed λ, best first
   train_positions: np.ndarray  # positions into the train features of the k-shot set
   loo_l2_reg: float | None = None  # λ chosen by leave-one-out on the k-shot set
   loo_accuracy: float | None = None  # test accuracy at that λ
@@ -198,27 +202,27 @@ class RidgeProbe:
     self.x_test = jax.device_put(x_test, self._rows)
     self._solve = jax.jit(
         exact_float32(_solve_episode), static_argnames=("num_classes",),
-        out_shardings=(self._rows, self._rows, self._replicated))
+        out_shardings=(self._rows, self._rows, self._rows, self._replicated))
 
   def episode(self, positions: np.ndarray, *, l2_reg: float = DEFAULT_L2_REG,
               l2_grid: Sequence[float] | None = None) -> tuple:
     """Solves one episode given the positions of its k-shot set; returns host arrays."""
     put = lambda a: jax.device_put(a, self._replicated)
     grid = None if l2_grid is None else put(np.asarray(l2_grid, np.float32))
-    pred, pred_loo, loo_err = self._solve(
+    pred, top, pred_loo, loo_err = self._solve(
         put(self.x_train[positions]), put(self.y_train[positions]), self.x_test,
         put(np.float32(l2_reg)), grid, num_classes=self.num_classes)
     trim = lambda a: None if a is None else np.asarray(a)[: self.n_test]
-    return trim(pred), trim(pred_loo), (None if loo_err is None else np.asarray(loo_err))
+    return trim(pred), trim(top), trim(pred_loo), (None if loo_err is None else np.asarray(loo_err))
 
   def run(self, shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, *, l2_reg=DEFAULT_L2_REG,
           l2_grid: Sequence[float] | None = LOO_L2_GRID) -> list[Episode]:
     manifest = episode_manifest(self.y_train, self.num_classes, shots, seeds)
     episodes = []
     for (k, seed), positions in manifest.items():
-      pred, pred_loo, loo_err = self.episode(positions, l2_reg=l2_reg, l2_grid=l2_grid)
+      pred, top, pred_loo, loo_err = self.episode(positions, l2_reg=l2_reg, l2_grid=l2_grid)
       ep = Episode(shots=k, seed=seed, l2_reg=float(l2_reg), accuracy=self._accuracy(pred), predictions=pred,
-                   train_positions=positions)
+                   top_classes=top, train_positions=positions)
       if l2_grid is not None:
         best = len(l2_grid) - 1 - int(np.argmin(loo_err[::-1]))
         ep.loo_l2_reg = float(l2_grid[best])

@@ -17,7 +17,7 @@ import json
 import re
 from pathlib import Path
 
-from evalkit import fileio, results, tasks
+from evalkit import fileio, metrics, results, tasks
 from evalkit.checkpoints import cards
 from evalkit.report import plotting, scaling_view
 
@@ -208,6 +208,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       axes[0][0].legend(fontsize=8)
     out.append(("Few-shot accuracy vs shots", plotting.data_uri(plotting.png_bytes(fig))))
     plt.close(fig)
+  out.extend(_reliability_plots(records, plt))
   by_checkpoint = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in records:
     if r["headline"]["value"] is not None:
@@ -226,6 +227,32 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       out.append((f"{px} vs {py}", plotting.data_uri(plotting.png_bytes(fig))))
       plt.close(fig)
   return out
+
+
+def _reliability_plots(records: list[dict], plt) -> list[tuple[str, str]]:
+  """Reliability diagrams (accuracy vs confidence per bin, ECE in the legend) of every probabilistic headline."""
+  found = []
+  for r in records:
+    base, _ = metrics.metric_parts(r["headline"]["metric"])
+    m = r["metrics"].get(base, {})
+    if "reliability" in m:
+      found.append((r, m))
+  tasks_seen = sorted({r["task"]["name"] for r, _ in found})
+  if not tasks_seen:
+    return []
+  fig, axes = plt.subplots(1, len(tasks_seen), figsize=(3.6 * len(tasks_seen), 3.4), squeeze=False)
+  for ax, task in zip(axes[0], tasks_seen):
+    ax.plot([0, 1], [0, 1], color="#999", linestyle=":", linewidth=1)
+    for r, m in ((r, m) for r, m in found if r["task"]["name"] == task):
+      bins = m["reliability"]
+      pts = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
+      ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", markersize=3,
+              label=f"{r['checkpoint']['name']} (ECE {100 * m['ece']:.1f}%)")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=task)
+    ax.legend(fontsize=7)
+  uri = plotting.data_uri(plotting.png_bytes(fig))
+  plt.close(fig)
+  return [("Calibration: reliability diagrams", uri)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,61 @@
+"""kNN probe on frozen features: DINOv2's protocol (docs/protocols.md, "kNN"), every k from one neighbour search.
+
+Features of the task's train and test splits come through the shared cache (extracted once, whichever adapter
+asks); `probes.knn` finds the max(ks) nearest train rows of every test row in device chunks, and each k is scored
+with the exp(sim / T)-weighted vote (`<k>nn`) and the plain majority vote (`<k>nn_majority`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from evalkit import metrics as metrics_lib
+from evalkit import results
+from evalkit.adapters import frozen
+from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.probes import knn
+
+
+@dataclasses.dataclass(frozen=True)
+class KnnConfig:
+  ks: tuple[int, ...] = knn.DEFAULT_KS
+  temperature: float = knn.DEFAULT_TEMPERATURE
+  headline_k: int = 20
+
+  def __post_init__(self):
+    if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+      raise ValueError(f"ks must be distinct positive integers, got {list(self.ks)}")
+    if not self.temperature > 0:
+      raise ValueError(f"temperature must be positive, got {self.temperature}")
+    if self.headline_k not in self.ks:
+      raise ValueError(f"headline_k {self.headline_k} is not one of ks {list(self.ks)}")
+
+
+def _base_names(cfg: KnnConfig) -> list[str]:
+  return [name for k in sorted(cfg.ks) for name in (f"{k}nn", f"{k}nn_majority")]
+
+
+@register_adapter("knn", KnnConfig, headline=lambda c: f"{c.headline_k}nn",
+                  metric_names=lambda c: [m for b in _base_names(c) for m in (b, *metrics_lib.derived_names(b))])
+def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
+  cfg = task.config
+  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
+  t1 = time.perf_counter()
+  train, test = feats["train"], feats["test"]
+  num_classes = readers["train"].num_classes
+  suite = lambda x: knn.knn_suite(train.x, train.labels, x, num_classes, cfg.ks, cfg.temperature,
+                                  mesh=frozen.local_mesh())
+  ranked = suite(test.x)
+  timings["knn_s"] = time.perf_counter() - t1
+  metrics = {}
+  for name in _base_names(cfg):
+    metrics.update(metrics_lib.classification_metrics(name, ranked[name][:, 0], test.labels, num_classes,
+                                                      top_indices=ranked[name]))
+  names = _base_names(cfg)
+  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
+                                    lambda x: {n: r[:, 0] for n, r in suite(x).items()})
+  return frozen.outcome(
+      subject, featurizer, readers, image_size, feats, timings, metrics=metrics,
+      details={"n_neighbours_searched": min(max(cfg.ks), len(train.x))}, extra_tests=extras,
+      items=results.make_items(test.ids, test.labels, names, [ranked[n][:, 0] for n in names],
+                               top_classes=[ranked[n] for n in names]))

@@ -1,0 +1,75 @@
+"""Full-data ridge probe: the closed-form ridge on the whole train split, streamed (docs/protocols.md,
+"Full-data ridge").
+
+The train features stream through `probes.ridge_full` in fixed blocks (each process takes a contiguous range of whole
+blocks; the exact double-double sums are combined across processes): one pass for the column mean and std, one for
+the statistics of the whitened rows with a constant bias feature, as the few-shot protocol whitens; and λ is chosen by generalised cross-validation from the one
+eigendecomposition — no test label is looked at.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import jax
+import numpy as np
+
+from evalkit import metrics as metrics_lib
+from evalkit import results
+from evalkit.adapters import frozen
+from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.probes import ridge, ridge_full
+
+DEFAULT_L2_GRID = tuple(2.0**p for p in range(-10, 25))  # 2^-10 ... 2^24: the best λ grows with N
+
+
+@dataclasses.dataclass(frozen=True)
+class RidgeFullConfig:
+  l2_grid: tuple[float, ...] = DEFAULT_L2_GRID
+  block_rows: int = ridge_full.BLOCK_ROWS
+
+  def __post_init__(self):
+    if not self.l2_grid or any(not v > 0 for v in self.l2_grid):
+      raise ValueError(f"l2_grid must be positive numbers, got {list(self.l2_grid)}")
+    if self.block_rows < 1:
+      raise ValueError("block_rows must be positive")
+
+
+def process_rows(n: int, block_rows: int) -> slice:
+  """This process's contiguous range of whole blocks (the last process also takes the partial tail block)."""
+  blocks = math.ceil(n / block_rows)
+  per = math.ceil(blocks / jax.process_count())
+  p = jax.process_index()
+  return slice(min(n, p * per * block_rows), min(n, (p + 1) * per * block_rows))
+
+
+@register_adapter("ridge_full", RidgeFullConfig, headline=lambda c: "top1", unhashed=("block_rows",),
+                  metric_names=lambda c: ["top1", *metrics_lib.derived_names("top1")])
+def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
+  cfg = task.config
+  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
+  t1 = time.perf_counter()
+  train, test = feats["train"], feats["test"]
+  num_classes = readers["train"].num_classes
+  mine = process_rows(len(train.x), cfg.block_rows)
+  step = 16 * cfg.block_rows
+  spans = [(s, min(s + step, mine.stop)) for s in range(mine.start, mine.stop, step)]
+  mean, std = ridge_full.column_moments(lambda: (train.x[a:b] for a, b in spans), ridge.STD_EPS)
+  acc = ridge_full.GramAccumulator(train.x.shape[1], num_classes, mesh=frozen.local_mesh(),
+                                   block_rows=cfg.block_rows)
+  for a, b in spans:
+    acc.add(ridge_full.whiten(train.x[a:b], mean, std), train.labels[a:b])
+  fit = ridge_full.whitened_fit(acc.finish(), mean, std, sorted(cfg.l2_grid), bias_feature=ridge.BIAS_FEATURE)
+  scores = fit.scores(test.x)
+  timings["ridge_full_s"] = time.perf_counter() - t1
+  top = np.argsort(-scores, axis=1, kind="stable")[:, :min(5, num_classes)]
+  metrics = metrics_lib.classification_metrics("top1", top[:, 0], test.labels, num_classes, top_indices=top)
+  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
+                                    lambda x: {"top1": fit.scores(x).argmax(axis=1)})
+  return frozen.outcome(
+      subject, featurizer, readers, image_size, feats, timings, metrics=metrics,
+      details={"chosen_l2_reg": fit.l2_reg, "gcv_curve": [{"l2_reg": lam, "gcv": g}
+                                                          for lam, g in zip(sorted(cfg.l2_grid), fit.gcv)]},
+      extra_tests=extras,
+      items=results.make_items(test.ids, test.labels, ["top1"], [top[:, 0]], top_classes=[top]))

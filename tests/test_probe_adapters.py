@@ -1,0 +1,114 @@
+"""The linear_probe, knn and ridge_full adapters on real data (sklearn digits, raw pixels): one extraction serves
+every adapter, each record has the one metric shape with CIs, items for compare/gate, and numbers that equal the
+probes run directly on the cached features (and independent references)."""
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from evalkit import distributed, evaluate, features, results, subjects, tasks
+from evalkit.analysis import compare
+from evalkit.probes import knn, ridge, ridge_full
+
+from conftest import run_cli
+
+PP = "decode|resize(28)|value_range(-1, 1)"
+
+
+@pytest.fixture(scope="module")
+def probe_run(data_dir, tmp_path_factory):
+  """`evalkit eval` of raw pixels on four digits tasks of four protocols, one cache."""
+  out = tmp_path_factory.mktemp("probes")
+  proc = run_cli("eval", "--checkpoint=pixels", "--tasks=digits,digits_knn,digits_linear_probe,digits_ridge_full",
+                 f"--data_dir={data_dir}", f"--results_dir={out / 'r'}", f"--cache_dir={out / 'c'}", "--noprogress")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  records = {r["task"]["name"]: r for r in results.load_all(out / "r")}
+  cached = {}
+  for f in (out / "c").glob("*.npz"):
+    with np.load(f) as z:
+      cached[len(z["x"])] = {k: z[k] for k in z.files}
+  return out, records, cached
+
+
+def test_one_extraction_serves_every_adapter(probe_run):
+  out, records, cached = probe_run
+  assert len(list((out / "c").glob("*.npz"))) == 2  # digits train and test, once
+  assert records["digits"]["timings"]["features_train_cached"] is False
+  for name in ("digits_knn", "digits_linear_probe", "digits_ridge_full"):
+    assert records[name]["timings"]["features_train_cached"] and records[name]["timings"]["features_test_cached"]
+
+
+def test_records_have_the_one_metric_shape_and_items(probe_run):
+  out, records, _ = probe_run
+  for name, r in records.items():
+    for metric in tasks.load_task(name).adapter.metric_names(tasks.load_task(name).config):
+      m = r["metrics"][metric]
+      assert m["ci95"][0] <= m["value"] <= m["ci95"][1] and m["se"] > 0 and m["n"] == 500, (name, metric)
+    items = results.load_items(results.result_path(out / "r", "pixels", name))
+    assert items["top_classes"].shape[:2] == items["predictions"].shape and items["top_classes"].shape[2] == 5
+  assert len(records["digits"]["metrics"]["10shot"]["per_class"]) == 10
+  assert 0 < records["digits_linear_probe"]["metrics"]["top1"]["ece"] < 0.5
+
+
+def test_knn_adapter_equals_the_probe_on_cached_features(probe_run):
+  _, records, cached = probe_run
+  train, test = cached[1297], cached[500]
+  for k in (10, 20, 100, 200):
+    pred = knn.knn_predict(train["x"], train["labels"], test["x"], 10, k=k)
+    assert records["digits_knn"]["metrics"][f"{k}nn"]["value"] == pytest.approx(np.mean(pred == test["labels"]))
+  assert records["digits_knn"]["headline"]["metric"] == "20nn"
+  assert records["digits_knn"]["headline"]["value"] > 0.9
+
+
+def test_linear_probe_chooses_C_on_validation_and_matches_sklearn(probe_run):
+  _, records, cached = probe_run
+  r = records["digits_linear_probe"]
+  curve = r["val_curve"]
+  assert len(curve) == 45 and r["chosen_C"] == curve[int(np.argmax([c["val_top1"] for c in curve]))]["C"]
+  assert (r["n_fit"], r["n_val"]) == (1167, 130)
+  train, test = cached[1297], cached[500]
+  sk = LogisticRegression(C=r["chosen_C"], tol=1e-8, max_iter=20000).fit(train["x"], train["labels"])
+  assert r["metrics"]["top1"]["value"] == pytest.approx(sk.score(test["x"], test["labels"]), abs=0.01)
+
+
+def test_ridge_full_adapter_equals_an_in_memory_whitened_solve(probe_run):
+  _, records, cached = probe_run
+  r = records["digits_ridge_full"]
+  train, test = cached[1297], cached[500]
+  x, y = train["x"].astype(np.float64), train["labels"]
+  mean, std = x.mean(0), x.std(0) + ridge.STD_EPS
+  z = np.c_[(x - mean) / std, np.full(len(x), ridge.BIAS_FEATURE)]
+  w = np.linalg.solve(z.T @ z + r["chosen_l2_reg"] * np.eye(z.shape[1]), z.T @ (2.0 * np.eye(10)[y] - 1))
+  zt = np.c_[(test["x"] - mean) / std, np.full(len(test["x"]), ridge.BIAS_FEATURE)]
+  want = np.mean((zt @ w).argmax(1) == test["labels"])
+  assert r["metrics"]["top1"]["value"] == pytest.approx(want, abs=0.004)  # at most 2 of 500 items
+  gcv = [row["gcv"] for row in r["gcv_curve"]]
+  assert r["chosen_l2_reg"] == r["gcv_curve"][int(np.argmin(gcv))]["l2_reg"]
+
+
+def test_mean_per_class_headline_and_paired_compare(data_dir, tmp_path):
+  """A spec's headline may be a derived metric; compare then pairs on it (class-weighted items)."""
+  task = tasks.make_task(name="digits_knn_mpc", dataset="digits", protocol="knn", train_split="train",
+                         test_split="test", pp=PP, ks=(1, 20), headline_k=20, headline="20nn.mean_per_class")
+  mesh = distributed.data_mesh()
+  for name in ("pixels", "pixels_again"):
+    subject = subjects.resolve_subject(subjects.PIXELS, name=name) if name != "pixels" else \
+        subjects.resolve_subject(subjects.PIXELS)
+    settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(tmp_path), progress=False)
+    evaluate.run(subject, [task], settings, mesh)
+  rec = results.load(results.result_path(tmp_path, "pixels", "digits_knn_mpc"))
+  assert rec["headline"] == {"metric": "20nn.mean_per_class", "value": rec["metrics"]["20nn.mean_per_class"]["value"]}
+  rows, _ = compare.compare(tmp_path, "pixels", "pixels_again")
+  assert rows[0].metric == "20nn.mean_per_class" and rows[0].acc_a == pytest.approx(rec["headline"]["value"])
+  assert rows[0].delta == 0.0
+
+
+def test_bad_probe_specs_fail_in_one_line():
+  for fields, message in (({"ks": [0, 5]}, "ks must be distinct positive"), ({"headline_k": 7}, "headline_k 7"),
+                          ({"C_grid": [-1.0]}, "C_grid must be"), ({"val_fraction": 1.5}, "val_fraction"),
+                          ({"l2_grid": []}, "l2_grid must be")):
+    protocol = "knn" if "k" in next(iter(fields)) else ("ridge_full" if "l2" in next(iter(fields)) else "linear_probe")
+    with pytest.raises(tasks.TaskError, match=message):
+      tasks.make_task(name="t", dataset="digits", protocol=protocol, train_split="train", test_split="test", pp=PP,
+                      **fields)
