@@ -54,7 +54,10 @@ def test_finetune_top1_on_digits(selection_run):
   lo, hi = top1["ci95"]
   assert lo < top1["value"] < hi and hi - lo < 0.10  # ≈ 2·1.96·sqrt(p(1−p)/500)
   assert record["headline"] == {"metric": "top1", "value": top1["value"]}
-  assert set(record["metrics"]) == {"top1", "top1_polyak"} and record["metrics"]["top1_polyak"]["value"] > 0.2
+  assert {m for m in record["metrics"] if "." not in m} == {"top1", "top1_polyak"}  # and derived: top1.top5, ...
+  assert record["metrics"]["top1_polyak"]["value"] > 0.2
+  assert {"top1.top5", "top1.mean_per_class", "top1_polyak.top5"} <= set(record["metrics"])
+  assert 0 <= record["metrics"]["top1"]["ece"] < 1 and len(record["metrics"]["top1"]["per_class"]) == 10
   assert record["lr_curve"][2]["minival_top1_polyak"] is not None
 
 

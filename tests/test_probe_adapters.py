@@ -112,3 +112,10 @@ def test_bad_probe_specs_fail_in_one_line():
     with pytest.raises(tasks.TaskError, match=message):
       tasks.make_task(name="t", dataset="digits", protocol=protocol, train_split="train", test_split="test", pp=PP,
                       **fields)
+
+
+def test_report_draws_reliability_diagrams(probe_run, tmp_path):
+  from evalkit.report import leaderboard
+  out, _, _ = probe_run
+  page = leaderboard.write(out / "r", tmp_path)["html"].read_text()
+  assert "Calibration: reliability diagrams" in page and "digits_linear_probe" in page
