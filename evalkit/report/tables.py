@@ -1,4 +1,4 @@
-"""Reports from result records: a Markdown table of few-shot accuracies (mean ± std over seeds)."""
+"""Reports from result records: Markdown tables of few-shot accuracies (mean ± std over seeds) and fine-tunes."""
 from __future__ import annotations
 
 
@@ -13,7 +13,7 @@ def fewshot_markdown(records: list[dict]) -> str:
   task_shots: dict[str, list[str]] = {}
   for r in records:
     cols = task_shots.setdefault(r["task"]["name"], [])
-    cols.extend(m for m in r["metrics"] if m not in cols)
+    cols.extend(m for m in r["metrics"] if m not in cols and "." not in m)  # k-shot top-1, not `10shot.top5`
   for cols in task_shots.values():
     cols.sort(key=lambda m: int(m.removesuffix("shot")))
   names = list(dict.fromkeys(r["checkpoint"]["name"] for r in records))
