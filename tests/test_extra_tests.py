@@ -75,3 +75,19 @@ def test_finetune_reports_every_extra_test_set(blobs_dir, tmp_path):
     assert real["metrics"][key]["value"] == pytest.approx(acc) and real["metrics"][key]["n"] == n == 120
     lo, hi = real["metrics"][key]["ci95"]
     assert lo <= acc <= hi
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear_probe", "ridge_full"])
+def test_probes_score_every_extra_test_set(blobs_dir, tmp_path, protocol):
+  """The full-data probes score their fitted model on each extra set: the main split again gives the same top-1."""
+  fields = {"knn": {"ks": (1, 5), "headline_k": 5}, "linear_probe": {"C_grid": (0.1, 1.0)}, "ridge_full": {}}
+  task = tasks.make_task(name="blobs", dataset="evalkit_test_blobs", protocol=protocol, train_split="train",
+                         test_split="test", pp="decode|value_range(-1, 1)", extra_tests=EXTRAS, **fields[protocol])
+  settings = evaluate.EvalSettings(data_dir=blobs_dir, results_dir=str(tmp_path), progress=False)
+  record, _, items = evaluate.evaluate_task(subjects.resolve_subject(subjects.PIXELS), task, settings,
+                                            distributed.data_mesh())
+  same, real = record["extra_tests"]["same"], record["extra_tests"]["real"]
+  base = "5nn" if protocol == "knn" else "top1"
+  assert same["metrics"][base]["value"] == record["metrics"][base]["value"]
+  pred = items["predictions"][list(items["episodes"]).index(base)]
+  assert real["metrics"][base]["value"] == pytest.approx(expected_real(pred)[0])
