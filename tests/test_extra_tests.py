@@ -70,7 +70,7 @@ def test_finetune_reports_every_extra_test_set(blobs_dir, tmp_path):
   record, _, items = evaluate.evaluate_task(subject, task, settings, distributed.data_mesh())
   same, real = record["extra_tests"]["same"], record["extra_tests"]["real"]
   for key in ("top1", "top1_polyak"):
-    assert same["metrics"][key] == record["metrics"][key]
+    assert same["metrics"][key].items() <= record["metrics"][key].items()  # the main record adds per_class, ece
     acc, n = expected_real(items["predictions"][list(items["episodes"]).index(key)])
     assert real["metrics"][key]["value"] == pytest.approx(acc) and real["metrics"][key]["n"] == n == 120
     lo, hi = real["metrics"][key]["ci95"]

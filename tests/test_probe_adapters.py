@@ -1,15 +1,14 @@
 """The linear_probe, knn and ridge_full adapters on real data (sklearn digits, raw pixels): one extraction serves
 every adapter, each record has the one metric shape with CIs, items for compare/gate, and numbers that equal the
 probes run directly on the cached features (and independent references)."""
-import json
 
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from evalkit import distributed, evaluate, features, results, subjects, tasks
+from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
-from evalkit.probes import knn, ridge, ridge_full
+from evalkit.probes import knn, ridge
 
 from conftest import run_cli
 

@@ -1,6 +1,5 @@
 """The probe suite against independent references: kNN vs brute force, the logistic probe vs scikit-learn, the
 streaming ridge vs the in-memory solve (and across device, chunk and process counts), metrics vs sklearn."""
-import json
 import os
 import socket
 import subprocess

@@ -54,6 +54,7 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
     val_logits = logistic.scores(params, train.x[val_pos])
     curve.append({"C": C, "val_top1": float(np.mean(val_logits.argmax(axis=1) == val_y)), "iterations": iters})
   best = int(np.argmax([row["val_top1"] for row in curve]))  # first maximum: the smallest such C
+  del problem  # its rows leave the devices before the whole train split goes on
   full = logistic.LogisticProblem(train.x, train.labels, num_classes, mesh=frozen.local_mesh())
   params = full.fit(grid[best], path[best], **solve)
   logits = logistic.scores(params, test.x)
