@@ -22,6 +22,11 @@ ECE_BINS = 15
 STATISTICS = ("top5", "mean_per_class")  # derived metric `<base>.<statistic>` beside each base (top-1) metric
 
 
+def top_classes(scores: np.ndarray, k: int = TOP_K) -> np.ndarray:
+  """(n, min(k, K)) classes by decreasing score, best first; equal scores rank the lower class id first (as argmax)."""
+  return np.argsort(-np.asarray(scores), axis=1, kind="stable")[:, :k].astype(np.int32)
+
+
 def class_weights(labels: np.ndarray) -> np.ndarray:
   """Per-item weights whose item mean of correct·weight is the mean-per-class accuracy: n / (C · n_class)."""
   labels = np.asarray(labels)

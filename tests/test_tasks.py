@@ -81,7 +81,7 @@ def test_bad_finetune_specs_are_one_line_errors(tmp_path, body, needle):
 @pytest.mark.parametrize("fields, needle", [
     ({"shots": "abc"}, "shots must be a list"),
     ({"shots": [1, 2.7]}, "shots must be an integer"),
-    ({"shots": [-5, 10]}, "distinct positive integers"),
+    ({"shots": [-5, 10]}, "distinct positive numbers"),
     ({"headline_shots": 7}, "headline_shots 7 is not one of shots"),
     ({"l2_reg": True}, "l2_reg must be a number"),
     ({"protocol": "finetune", "pp_train": "decode", "batch_size": 0}, "batch_size and total_steps must be positive"),

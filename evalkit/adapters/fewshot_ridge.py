@@ -15,7 +15,7 @@ import numpy as np
 from evalkit import distributed, features, results
 from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests, frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.probes import ridge
@@ -29,8 +29,7 @@ class FewshotConfig:
   headline_shots: int = 10
 
   def __post_init__(self):
-    if not self.shots or any(k < 1 for k in self.shots) or len(set(self.shots)) != len(self.shots):
-      raise ValueError(f"shots must be distinct positive integers, got {list(self.shots)}")
+    check_distinct_positive("shots", self.shots)
     if not self.seeds or len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
     if not self.l2_reg > 0:

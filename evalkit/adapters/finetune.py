@@ -246,7 +246,7 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
         continue
       scored = _logits(scorer, params, splits.test, preprocess, mesh, cfg.batch_size)
       test_labels, test_ids = scored.labels, scored.ids
-      top = np.argsort(-scored.x, axis=1, kind="stable")[:, :min(5, splits.num_classes)]
+      top = metrics_lib.top_classes(scored.x)
       pred = top[:, 0]
       keys.append(key)
       predictions.append(pred)

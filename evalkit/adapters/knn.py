@@ -12,7 +12,7 @@ import time
 from evalkit import metrics as metrics_lib
 from evalkit import results
 from evalkit.adapters import frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.probes import knn
 
 
@@ -23,8 +23,7 @@ class KnnConfig:
   headline_k: int = 20
 
   def __post_init__(self):
-    if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
-      raise ValueError(f"ks must be distinct positive integers, got {list(self.ks)}")
+    check_distinct_positive("ks", self.ks)
     if not self.temperature > 0:
       raise ValueError(f"temperature must be positive, got {self.temperature}")
     if self.headline_k not in self.ks:

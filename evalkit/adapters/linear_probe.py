@@ -15,7 +15,7 @@ import numpy as np
 from evalkit import metrics as metrics_lib
 from evalkit import results
 from evalkit.adapters import frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.probes import logistic
 
 
@@ -27,8 +27,7 @@ class LinearProbeConfig:
   tol: float = logistic.TOL
 
   def __post_init__(self):
-    if not self.C_grid or any(not c > 0 for c in self.C_grid) or len(set(self.C_grid)) != len(self.C_grid):
-      raise ValueError(f"C_grid must be distinct positive numbers, got {list(self.C_grid)}")
+    check_distinct_positive("C_grid", self.C_grid)
     if not 0 < self.val_fraction < 1:
       raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
     if self.max_iter < 1 or not self.tol > 0:
@@ -59,7 +58,7 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   params = full.fit(grid[best], path[best], **solve)
   logits = logistic.scores(params, test.x)
   timings["linear_probe_s"] = time.perf_counter() - t1
-  top = np.argsort(-logits, axis=1, kind="stable")[:, :min(5, num_classes)]
+  top = metrics_lib.top_classes(logits)
   metrics = metrics_lib.classification_metrics("top1", top[:, 0], test.labels, num_classes, top_indices=top,
                                                probabilities=logistic.softmax(logits))
   extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,

@@ -84,6 +84,12 @@ def get(name: str) -> Adapter:
   return ADAPTERS[name]
 
 
+def check_distinct_positive(field: str, values) -> None:
+  """ValueError unless `values` is a non-empty list of distinct positive numbers (shots, ks, grids)."""
+  if not values or any(not v > 0 for v in values) or len(set(values)) != len(values):
+    raise ValueError(f"{field} must be distinct positive numbers, got {list(values)}")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Spec values -> typed config fields.
 

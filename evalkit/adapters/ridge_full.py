@@ -18,7 +18,7 @@ import numpy as np
 from evalkit import metrics as metrics_lib
 from evalkit import results
 from evalkit.adapters import frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, register_adapter
+from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.probes import ridge, ridge_full
 
 DEFAULT_L2_GRID = tuple(2.0**p for p in range(-10, 25))  # 2^-10 ... 2^24: the best λ grows with N
@@ -30,8 +30,7 @@ class RidgeFullConfig:
   block_rows: int = ridge_full.BLOCK_ROWS
 
   def __post_init__(self):
-    if not self.l2_grid or any(not v > 0 for v in self.l2_grid):
-      raise ValueError(f"l2_grid must be positive numbers, got {list(self.l2_grid)}")
+    check_distinct_positive("l2_grid", self.l2_grid)
     if self.block_rows < 1:
       raise ValueError("block_rows must be positive")
 
@@ -63,7 +62,7 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   fit = ridge_full.whitened_fit(acc.finish(), mean, std, sorted(cfg.l2_grid), bias_feature=ridge.BIAS_FEATURE)
   scores = fit.scores(test.x)
   timings["ridge_full_s"] = time.perf_counter() - t1
-  top = np.argsort(-scores, axis=1, kind="stable")[:, :min(5, num_classes)]
+  top = metrics_lib.top_classes(scores)
   metrics = metrics_lib.classification_metrics("top1", top[:, 0], test.labels, num_classes, top_indices=top)
   extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
                                     lambda x: {"top1": fit.scores(x).argmax(axis=1)})

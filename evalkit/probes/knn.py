@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from evalkit import distributed
+from evalkit import distributed, metrics
 from evalkit.probes.ridge import exact_float32
 
 DEFAULT_KS = (10, 20, 100, 200)
@@ -87,11 +87,6 @@ def vote(neighbour_sims: np.ndarray, neighbour_labels: np.ndarray, num_classes: 
   return np.bincount(flat, weights.ravel(), minlength=len(sims) * num_classes).reshape(len(sims), num_classes)
 
 
-def ranked_classes(votes: np.ndarray, top: int) -> np.ndarray:
-  """(n, top) classes by decreasing vote; equal votes rank the lower class id first."""
-  return np.argsort(-votes, axis=1, kind="stable")[:, :top].astype(np.int32)
-
-
 def knn_predict(x_train, y_train, x_test, num_classes: int, k: int = 20,
                 temperature: float | None = DEFAULT_TEMPERATURE, *, mesh: Mesh | None = None) -> np.ndarray:
   """(n_test,) predicted labels: the class with the largest Σ exp(sim / T) over the k nearest train rows (cosine
@@ -107,11 +102,10 @@ def knn_suite(x_train, y_train, x_test, num_classes: int, ks: Sequence[int] = DE
   best first (column 0 is the prediction). Votes are formed `vote_block` test rows at a time (bounded memory)."""
   sims, idx = nearest(x_train, x_test, max(ks), mesh=mesh)
   labels = np.asarray(y_train)[idx]
-  top = min(top, num_classes)
   out = {}
   for k in ks:
     for name, t in ((f"{k}nn", temperature), (f"{k}nn_majority", None)):
       out[name] = np.concatenate([
-          ranked_classes(vote(sims[s:s + vote_block], labels[s:s + vote_block], num_classes, k, t), top)
+          metrics.top_classes(vote(sims[s:s + vote_block], labels[s:s + vote_block], num_classes, k, t), top)
           for s in range(0, len(sims), vote_block)]) if len(sims) else np.zeros((0, top), np.int32)
   return out
