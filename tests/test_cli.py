@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -16,19 +15,15 @@ from evalkit.probes import ridge
 from evalkit.data import pp, source
 from evalkit.models import vit
 
-from conftest import SLOW_TIMEOUT_S, error_lines, run_cli
+from conftest import error_lines, run_cli, subprocess_timeout
 
 MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-  """A mu/7 ViT with a 10-class head, saved as a big_vision-style npz (the head is ignored for features)."""
-  model = vit.ViT(num_classes=10, variant="mu/7", pool_type="map")
-  params = model.init(jax.random.key(1), jnp.zeros((1, 28, 28, 3)))["params"]
-  path = tmp_path_factory.mktemp("ckpt") / "mu7.npz"
-  checkpoints.save_npz(path, params)
-  return path
+def ckpt(random_vit):
+  """A mu/7 ViT with a 10-class MAP head, saved as a big_vision-style npz (the head is ignored for features)."""
+  return random_vit(1, "map", num_classes=10)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +32,13 @@ def digits_run(ckpt, data_dir, tmp_path_factory):
   common = [f"--checkpoint={ckpt}", *MODEL_FLAGS, "--tasks=digits", f"--data_dir={data_dir}",
             f"--results_dir={out / 'results'}", f"--cache_dir={out / 'cache'}", "--noprogress"]
   first = run_cli("eval", *common)
-  return {"out": out, "common": common, "first": first}
+  return {"out": out, "common": common, "first": first, "name": ckpt.stem}  # the name is the file's stem
 
 
 def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_dir):
   proc = digits_run["first"]
   assert proc.returncode == 0, proc.stderr[-2000:]
-  path = digits_run["out"] / "results" / "mu7" / "digits.json"
+  path = digits_run["out"] / "results" / digits_run["name"] / "digits.json"
   rec = results.load(path)
   model = vit.ViT(num_classes=None, variant="mu/7", pool_type="map")
   loaded = checkpoints.load_checkpoint(ckpt, model=model, image_size=(28, 28), dont_load=("head/.*",))
@@ -84,7 +79,7 @@ def test_finished_results_are_skipped_and_cache_is_used(digits_run):
   assert digits_run["first"].returncode == 0
   again = run_cli("eval", *digits_run["common"])
   assert again.returncode == 0 and "skipped" in again.stdout
-  path = digits_run["out"] / "results" / "mu7" / "digits.json"
+  path = digits_run["out"] / "results" / digits_run["name"] / "digits.json"
   before = results.load(path)
   redo = run_cli("eval", *digits_run["common"], "--overwrite")
   assert redo.returncode == 0, redo.stderr[-2000:]
@@ -154,7 +149,7 @@ def _free_port():
 @pytest.mark.slow
 def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_dir, tmp_path):
   assert digits_run["first"].returncode == 0
-  single = results.load(digits_run["out"] / "results" / "mu7" / "digits.json")
+  single = results.load(digits_run["out"] / "results" / digits_run["name"] / "digits.json")
   port = _free_port()
   args = [f"--checkpoint={ckpt}", *MODEL_FLAGS, "--tasks=digits", f"--data_dir={data_dir}",
           f"--results_dir={tmp_path / 'results'}", "--cache_dir=", "--noprogress",
@@ -163,15 +158,16 @@ def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_di
   procs = [subprocess.Popen([sys.executable, "-m", "evalkit.cli", "eval", *args, f"--process_id={i}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
            for i in range(2)]
-  outs = [p.communicate(timeout=SLOW_TIMEOUT_S) for p in procs]
+  outs = [p.communicate(timeout=subprocess_timeout()) for p in procs]
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
-  multi = results.load(tmp_path / "results" / "mu7" / "digits.json")
+  multi = results.load(tmp_path / "results" / digits_run["name"] / "digits.json")
   assert multi["provenance"]["process_count"] == 2 and multi["provenance"]["device_count"] == 4
   assert multi["metrics"] == single["metrics"]
   assert multi["checkpoint"]["weights_hash"] == single["checkpoint"]["weights_hash"]
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_demo_digits_only_variant(data_dir, tmp_path):
   """Without Fashion-MNIST the demo says how to get it, pre-trains on digits and still shows a clear in-domain gain."""

@@ -1,14 +1,11 @@
 """Extra test sets of a task (same label space, e.g. ImageNet-ReaL / v2): scored with the same model, with CIs."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import blob_datasets
-from evalkit import checkpoints, distributed, evaluate, subjects, tasks
+from evalkit import distributed, evaluate, subjects, tasks
 from evalkit.adapters import extra_tests
-from evalkit.models import vit
 
 EXTRAS = (tasks.ExtraTest("same", "evalkit_test_blobs", "test"),
           tasks.ExtraTest("real", "evalkit_test_blobs_real", "validation", label_key="real_label"))
@@ -57,11 +54,9 @@ def test_fewshot_reports_every_extra_test_set(blobs_dir, tmp_path):
   assert record["task"]["spec"]["extra_tests"][1]["label_key"] == "real_label"  # part of the spec hash
 
 
-def test_finetune_reports_every_extra_test_set(blobs_dir, tmp_path):
-  model = vit.ViT(num_classes=3, variant="mu/7", pool_type="gap")
-  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"]
-  checkpoints.save_npz(tmp_path / "mu7.npz", params)
-  subject = subjects.resolve_subject(str(tmp_path / "mu7.npz"), model_kwargs={"variant": "mu/7", "pool_type": "gap"})
+def test_finetune_reports_every_extra_test_set(blobs_dir, random_vit, tmp_path):
+  subject = subjects.resolve_subject(str(random_vit(0, "gap", num_classes=3)), name="mu7",
+                                     model_kwargs={"variant": "mu/7", "pool_type": "gap"})
   task = tasks.make_task(name="blobs_ft", dataset="evalkit_test_blobs", protocol="finetune", train_split="train",
                     test_split="test", pp="decode|resize(28)|value_range(-1, 1)",
                     pp_train="decode|resize(28)|flip_lr|value_range(-1, 1)", batch_size=32, total_steps=30,

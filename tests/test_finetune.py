@@ -10,6 +10,9 @@ from evalkit.adapters import finetune
 from evalkit.train import pretrain
 from evalkit.train import pretrain_configs
 
+# The module's checkpoint is pre-trained in the first test that needs it (≈ 1.5 minutes alone on 2 cores).
+pytestmark = pytest.mark.timeout(600)
+
 
 @pytest.fixture(scope="module")
 def digits_ckpt(data_dir, tmp_path_factory):
@@ -45,6 +48,7 @@ def selection_run(digits_ckpt, data_dir, tmp_path_factory):
   return record, manifest
 
 
+@pytest.mark.slow
 def test_finetune_top1_on_digits(selection_run):
   record, _ = selection_run
   top1 = record["metrics"]["top1"]
@@ -61,6 +65,7 @@ def test_finetune_top1_on_digits(selection_run):
   assert record["lr_curve"][2]["minival_top1_polyak"] is not None
 
 
+@pytest.mark.slow
 def test_lr_selection_skips_diverged_runs(selection_run):
   record, _ = selection_run
   curve = {c["lr"]: c for c in record["lr_curve"]}
@@ -78,6 +83,7 @@ def test_choose_picks_the_best_minival_and_never_a_diverged_run():
   assert finetune.choose(runs[:1]) is None
 
 
+@pytest.mark.slow
 def test_minival_is_disjoint_from_train_and_test(selection_run, data_dir):
   record, manifest = selection_run
   train, minival = record["data"]["train_ids"], record["data"]["minival_ids"]
@@ -89,6 +95,7 @@ def test_minival_is_disjoint_from_train_and_test(selection_run, data_dir):
   assert len(splits.minival) + len(splits.train) == 1297
 
 
+@pytest.mark.slow
 def test_resolution_change_28_to_56(digits_ckpt, data_dir, tmp_path):
   task = digits_task(pp="decode|resize(56)|value_range(-1, 1)", pp_train="decode|resize(64)|random_crop(56)|"
                      "value_range(-1, 1)", lr_grid=(0.1,), total_steps=30, warmup_steps=5)
@@ -97,6 +104,7 @@ def test_resolution_change_28_to_56(digits_ckpt, data_dir, tmp_path):
   assert record["metrics"]["top1"]["value"] > 0.15  # far above chance (0.10) after 30 steps at the new size
 
 
+@pytest.mark.slow
 def test_interrupted_finetune_resumes_identical(digits_ckpt, data_dir, tmp_path):
   task = digits_task(lr_grid=(0.1,), total_steps=40, warmup_steps=5)
   mesh = distributed.data_mesh()
@@ -106,6 +114,7 @@ def test_interrupted_finetune_resumes_identical(digits_ckpt, data_dir, tmp_path)
   assert resumed["metrics"] == full["metrics"] and resumed["lr_curve"] == full["lr_curve"]
 
 
+@pytest.mark.slow
 def test_one_and_eight_devices_agree(digits_ckpt, data_dir, tmp_path):
   task = digits_task(lr_grid=(0.1,), total_steps=40, warmup_steps=5)
   top1 = {}

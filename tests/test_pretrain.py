@@ -1,5 +1,4 @@
 """Pre-training: loss falls, resume is bit-exact (also after kill -9), branches, devices, NaN handling, cards."""
-import dataclasses
 import os
 import signal
 import subprocess
@@ -17,12 +16,9 @@ from evalkit.checkpoints import cards
 from evalkit.train import flops
 from evalkit.train import optim
 from evalkit.train import pretrain
-from evalkit.train import pretrain_configs
 from evalkit.train import loop
 
-
-def tiny_config(**overrides):
-  return dataclasses.replace(pretrain_configs.digits_tiny(), **overrides)
+from conftest import digits_tiny_config, subprocess_timeout
 
 
 def flat(path):
@@ -40,11 +36,9 @@ def assert_same_params(a, b):
 
 
 @pytest.fixture(scope="module")
-def full_run(data_dir, tmp_path_factory):
-  """The reference: 60 uninterrupted steps, with a cooldown branch at step 30."""
-  workdir = tmp_path_factory.mktemp("full")
-  run = pretrain.build_run(tiny_config(cooldown_at=[30]), str(workdir), data_dir=data_dir, progress=False)
-  return run, pretrain.train(run)
+def full_run(digits_tiny_run):
+  """The reference: 60 uninterrupted steps, with a cooldown branch at step 30 (built once per session: conftest)."""
+  return digits_tiny_run
 
 
 def test_loss_falls_and_cards_are_written(full_run):
@@ -70,9 +64,10 @@ def test_loss_falls_and_cards_are_written(full_run):
   assert loss(trained) < 0.5 * loss(init)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_exact(full_run, data_dir, tmp_path):
   _, exported = full_run
-  cfg = tiny_config(cooldown_at=[30])
+  cfg = digits_tiny_config(cooldown_at=[30])
   first = pretrain.build_run(cfg, str(tmp_path), data_dir=data_dir, progress=False)
   pretrain.train(first, stop_at=20)  # "interrupted" right after the step-20 checkpoint
   assert not (tmp_path / "checkpoints" / "step_60").exists()
@@ -86,7 +81,7 @@ def test_interrupted_run_resumes_bit_exact(full_run, data_dir, tmp_path):
 def test_branch_follows_main_run_then_cools_to_zero(full_run, data_dir, tmp_path):
   run, exported = full_run
   # The main run is not disturbed by branching: the same config without branches gives the same parameters.
-  plain = pretrain.build_run(tiny_config(), str(tmp_path), data_dir=data_dir, progress=False)
+  plain = pretrain.build_run(digits_tiny_config(), str(tmp_path), data_dir=data_dir, progress=False)
   pretrain.train(plain)
   assert_same_params(final_params(tmp_path, 60), flat(exported["final"]))
   # The branch starts from the main run's step-30 state and ends (step 40) at lr 0.
@@ -101,11 +96,12 @@ def test_branch_follows_main_run_then_cools_to_zero(full_run, data_dir, tmp_path
   assert any(not np.array_equal(branch[k], main30[k]) for k in branch)
 
 
+@pytest.mark.slow
 def test_first_losses_do_not_depend_on_device_count(data_dir, tmp_path):
   losses = {}
   for n in (1, 8):
     mesh = distributed.data_mesh(jax.devices()[:n])
-    run = pretrain.build_run(tiny_config(), str(tmp_path / f"d{n}"), data_dir=data_dir, mesh=mesh, progress=False)
+    run = pretrain.build_run(digits_tiny_config(), str(tmp_path / f"d{n}"), data_dir=data_dir, mesh=mesh, progress=False)
     params = pretrain.init_params(run.model, run.image_size, 0, -10.0)
     tx, _ = optim.make(run.config.to_dict(), params, 60)
     state = loop.init_state(params, tx)
@@ -121,7 +117,7 @@ def test_first_losses_do_not_depend_on_device_count(data_dir, tmp_path):
 
 
 def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_path):
-  run = pretrain.build_run(tiny_config(log_every=5), str(tmp_path), data_dir=data_dir, progress=False)
+  run = pretrain.build_run(digits_tiny_config(log_every=5), str(tmp_path), data_dir=data_dir, progress=False)
   clean = run.reader
 
   class Poisoned:
@@ -143,19 +139,22 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_pat
   assert exported == ["step_20.toml"]
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.slow
 def test_kill_9_then_rerun_ends_identical(full_run, data_dir, tmp_path):
   _, exported = full_run
   cmd = [sys.executable, "-m", "evalkit.cli", "pretrain", "--config=digits_tiny", f"--workdir={tmp_path}",
          f"--data_dir={data_dir}", "--cooldown_at=30", "--noprogress"]
   proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
-  while not (tmp_path / "checkpoints" / "step_20.toml").exists():
-    assert proc.poll() is None and time.time() < deadline, "pretrain ended before its first checkpoint"
-    time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  deadline = time.monotonic() + subprocess_timeout()
+  try:
+    while not (tmp_path / "checkpoints" / "step_20.toml").exists():
+      assert proc.poll() is None and time.monotonic() < deadline, "pretrain ended before its first checkpoint"
+      time.sleep(0.05)
+  finally:  # kill -9 right after the first checkpoint (and never leave the process behind)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
   assert not (tmp_path / "checkpoints" / "step_60").exists()
-  rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)  # generous: loaded 2-core CI hosts
+  rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=subprocess_timeout())
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert_same_params(final_params(tmp_path, 60), flat(exported["final"]))

@@ -17,6 +17,8 @@ from evalkit import distributed, metrics
 from evalkit.probes import knn, logistic, ridge_full
 import evalkit.probes
 
+from conftest import subprocess_timeout
+
 
 def one_device():
   return distributed.data_mesh(jax.devices()[:1])
@@ -213,7 +215,7 @@ def test_ridge_full_identical_for_one_and_two_processes(ridge_data, tmp_path):
   procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path / f"p{i}.npz")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   for p in procs:
-    _, err = p.communicate(timeout=600)
+    _, err = p.communicate(timeout=subprocess_timeout())
     assert p.returncode == 0, err[-3000:]
   for i in range(2):
     with np.load(tmp_path / f"p{i}.npz") as z:

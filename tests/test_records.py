@@ -3,16 +3,13 @@ by report, compare and gate, and a paired comparison of fine-tune records."""
 import shutil
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import run_cli
-from evalkit import checkpoints, distributed, evaluate, results, subjects, tasks
+from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
 from evalkit.report import leaderboard
-from evalkit.models import vit
 
 V1 = Path(__file__).parent / "data" / "results_v1"  # written by evalkit before the /2 schema (digits, CPU)
 
@@ -51,15 +48,13 @@ def test_v1_results_in_report_compare_and_gate(v1_results, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def finetune_results(data_dir, tmp_path_factory):
+def finetune_results(data_dir, random_vit, tmp_path_factory):
   """Two random-init ViTs fine-tuned briefly on digits (real records, the fine-tune adapter end to end)."""
   out = tmp_path_factory.mktemp("ft")
   task = tasks.load_task("digits_finetune").replace(total_steps=30, warmup_steps=5, lr_grid=(0.1,))
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out), progress=False)
   for seed in (0, 1):
-    model = vit.ViT(num_classes=None, variant="mu/7", pool_type="gap")
-    checkpoints.save_npz(out / f"vit{seed}.npz", model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 3)))["params"])
-    subject = subjects.resolve_subject(str(out / f"vit{seed}.npz"),
+    subject = subjects.resolve_subject(str(random_vit(seed, "gap")), name=f"vit{seed}",
                                        model_kwargs={"variant": "mu/7", "pool_type": "gap"})
     assert evaluate.run(subject, [task], settings, distributed.data_mesh())[0][1] == "done"
   return out

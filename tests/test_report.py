@@ -6,28 +6,24 @@ import shutil
 import subprocess
 import tempfile
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import checkpoints, distributed, evaluate, results, subjects, tasks
+from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
 from evalkit.report import leaderboard
-from evalkit.models import vit
+
+from conftest import subprocess_timeout
 
 
 @pytest.fixture(scope="module")
-def results_dir(data_dir, tmp_path_factory):
+def results_dir(data_dir, random_vit, tmp_path_factory):
   """Real results on digits for raw pixels and two random-init ViTs, plus one computed under another spec."""
   out = tmp_path_factory.mktemp("report")
   subject_list = [subjects.resolve_subject(subjects.PIXELS)]
   for seed in (0, 1):
-    model = vit.ViT(num_classes=None, variant="mu/7", pool_type="map")
-    params = model.init(jax.random.key(seed), jnp.zeros((1, 28, 28, 3)))["params"]
-    path = out / f"vit_seed{seed}.npz"
-    checkpoints.save_npz(path, params)
-    subject_list.append(subjects.resolve_subject(str(path), model_kwargs={"variant": "mu/7", "pool_type": "map"}))
+    subject_list.append(subjects.resolve_subject(str(random_vit(seed, "map")), name=f"vit_seed{seed}",
+                                                 model_kwargs={"variant": "mu/7", "pool_type": "map"}))
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out / "results"), progress=False)
   task_list = [tasks.load_task("digits"), tasks.load_task("digits_heldout")]
   for subject in subject_list:
@@ -76,7 +72,8 @@ def chromium(url: str):
     proc = subprocess.run(
         [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-         "--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True, text=True, timeout=120)
+         "--enable-logging=stderr", "--v=0", "--dump-dom", url], capture_output=True, text=True,
+        timeout=min(120, subprocess_timeout()))
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc.stdout, [line for line in proc.stderr.splitlines() if ":CONSOLE:" in line]
 

@@ -120,6 +120,7 @@ def quick_sweep(tmp_path_factory, data_dir):
   return {"proc": proc, "workdir": workdir}
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_quick_sweep_end_to_end(quick_sweep):
   proc, workdir = quick_sweep["proc"], quick_sweep["workdir"]
@@ -152,6 +153,7 @@ def test_quick_sweep_end_to_end(quick_sweep):
   assert "The paper's claims at this scale" in proc.stdout
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_quick_sweep_resumes_and_refuses_another_config(quick_sweep, data_dir, tmp_path):
   workdir = quick_sweep["workdir"]
