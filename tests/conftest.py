@@ -43,6 +43,13 @@ def pytest_sessionfinish(session):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config, items):
+  """Files with slow tests run first (the order inside a file is kept): with two workers, the long files start at
+  once, in parallel, and the short ones fill the gaps, instead of one long file running alone at the end."""
+  files_with_slow_tests = {item.path for item in items if item.get_closest_marker("slow")}
+  items.sort(key=lambda item: item.path not in files_with_slow_tests)
+
+
 _test_deadline: float | None = None  # time.monotonic() at which the running test's timeout fires
 
 
