@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -15,7 +16,7 @@ from evalkit.probes import ridge
 from evalkit.data import pp, source
 from evalkit.models import vit
 
-from conftest import error_lines, run_cli, subprocess_timeout
+from conftest import SUBPROCESS_MARGIN_S, error_lines, run_cli, subprocess_timeout
 
 MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
 
@@ -138,6 +139,18 @@ def test_written_files_follow_the_umask(digits_run):
   mask = os.umask(0o022)
   os.umask(mask)
   assert {p.stat().st_mode & 0o777 for p in written} == {0o666 & ~mask}
+
+
+@pytest.mark.timeout(16)
+def test_a_hung_subprocess_stops_before_its_tests_timeout():
+  """The test-timeout budget reaches subprocesses: one that hangs is stopped (naming its command) before pytest-timeout
+  would have to kill the whole test."""
+  start = time.monotonic()
+  budget = subprocess_timeout()
+  assert budget <= 16 - SUBPROCESS_MARGIN_S, "pytest-timeout's timer did not reach conftest"
+  with pytest.raises(subprocess.TimeoutExpired, match="time.sleep"):
+    subprocess.run([sys.executable, "-c", "import time; time.sleep(120)"], timeout=subprocess_timeout())
+  assert time.monotonic() - start < 16 - SUBPROCESS_MARGIN_S / 2
 
 
 def _free_port():

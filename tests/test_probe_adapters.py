@@ -17,7 +17,8 @@ PP = "decode|resize(28)|value_range(-1, 1)"
 
 @pytest.fixture(scope="module")
 def probe_run(data_dir, tmp_path_factory):
-  """`evalkit eval` of raw pixels on four digits tasks of four protocols, one cache."""
+  """`evalkit eval` of raw pixels on four digits tasks of four protocols, one cache (≈ 25 s on 2 cores, so the tests
+  that read it are `slow`; the adapters' fast tests are in test_extra_tests.py)."""
   out = tmp_path_factory.mktemp("probes")
   proc = run_cli("eval", "--checkpoint=pixels", "--tasks=digits,digits_knn,digits_linear_probe,digits_ridge_full",
                  f"--data_dir={data_dir}", f"--results_dir={out / 'r'}", f"--cache_dir={out / 'c'}", "--noprogress")
@@ -30,6 +31,7 @@ def probe_run(data_dir, tmp_path_factory):
   return out, records, cached
 
 
+@pytest.mark.slow
 def test_one_extraction_serves_every_adapter(probe_run):
   out, records, cached = probe_run
   assert len(list((out / "c").glob("*.npz"))) == 2  # digits train and test, once
@@ -38,6 +40,7 @@ def test_one_extraction_serves_every_adapter(probe_run):
     assert records[name]["timings"]["features_train_cached"] and records[name]["timings"]["features_test_cached"]
 
 
+@pytest.mark.slow
 def test_records_have_the_one_metric_shape_and_items(probe_run):
   out, records, _ = probe_run
   for name, r in records.items():
@@ -50,6 +53,7 @@ def test_records_have_the_one_metric_shape_and_items(probe_run):
   assert 0 < records["digits_linear_probe"]["metrics"]["top1"]["ece"] < 0.5
 
 
+@pytest.mark.slow
 def test_knn_adapter_equals_the_probe_on_cached_features(probe_run):
   _, records, cached = probe_run
   train, test = cached[1297], cached[500]
@@ -60,6 +64,7 @@ def test_knn_adapter_equals_the_probe_on_cached_features(probe_run):
   assert records["digits_knn"]["headline"]["value"] > 0.9
 
 
+@pytest.mark.slow
 def test_linear_probe_chooses_C_on_validation_and_matches_sklearn(probe_run):
   _, records, cached = probe_run
   r = records["digits_linear_probe"]
@@ -71,6 +76,7 @@ def test_linear_probe_chooses_C_on_validation_and_matches_sklearn(probe_run):
   assert r["metrics"]["top1"]["value"] == pytest.approx(sk.score(test["x"], test["labels"]), abs=0.01)
 
 
+@pytest.mark.slow
 def test_ridge_full_adapter_equals_an_in_memory_whitened_solve(probe_run):
   _, records, cached = probe_run
   r = records["digits_ridge_full"]
@@ -113,6 +119,7 @@ def test_bad_probe_specs_fail_in_one_line():
                       **fields)
 
 
+@pytest.mark.slow
 def test_report_draws_reliability_diagrams(probe_run, tmp_path):
   from evalkit.report import leaderboard
   out, _, _ = probe_run
