@@ -38,8 +38,10 @@ NO_TIMEOUT_FALLBACK_S = 1800
 # (subprocess.TimeoutExpired) instead of only dumping the waiting test's stack.
 SUBPROCESS_MARGIN_S = 10
 
+
 def pytest_sessionfinish(session):
-  if _OWN_COMPILE_CACHE and not hasattr(session.config, "workerinput"):  # the main process, after its workers
+  """Removes the compilation cache this session made (in the main process, after its workers ended)."""
+  if _OWN_COMPILE_CACHE and not hasattr(session.config, "workerinput"):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
