@@ -9,7 +9,7 @@ with `run_size` also has outputs of the same weights at another resolution, load
 
   python tests/make_timm_fixtures.py [out_dir]
 
-timm imports torchvision; BUILD.md says how to get an environment where that works. tests/test_timm_hf.py checks
+timm imports torchvision: the `torch` test extra installs a matching torch / torchvision pair and timm (BUILD.md). tests/test_timm_hf.py checks
 evalkit against these files everywhere and, where timm imports, against timm live through `build_case`.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """timm and Hugging Face checkpoints against the real implementations (docs/checkpoint_families.md).
 
 timm: committed fixtures made by timm itself (tests/make_timm_fixtures.py), and the same comparison live where
-`import timm` works (it needs torchvision; BUILD.md). Hugging Face: live with transformers (the `torch` test extra).
+`import timm` works (the `torch` test extra; CI installs it). Hugging Face: live with transformers (same extra).
 Every parameter is perturbed, so default init values cannot hide a conversion bug; float32 at highest precision.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_timm_fixture_outputs(case, size):
 
 @pytest.mark.parametrize("case,size", _timm_cases())
 def test_timm_live(case, size, tmp_path):
-  pytest.importorskip("timm", exc_type=ImportError)  # needs a torchvision that imports (BUILD.md)
+  pytest.importorskip("timm", exc_type=ImportError)  # the `torch` test extra (BUILD.md)
   from safetensors.torch import save_file  # pylint: disable=import-outside-toplevel
   state, results = fixtures.build_case(case["arch"], case["kwargs"], case["run_size"], case["seed"] + 100)
   save_file(state, str(tmp_path / "model.safetensors"))
