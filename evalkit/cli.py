@@ -254,27 +254,26 @@ def cmd_baseline() -> int:
 
 
 def cmd_gate() -> int:
-  import json
-  from pathlib import Path
   from evalkit.analysis import gate
   if not FLAGS.baseline:
     raise UsageError("--baseline is required")
-  try:
-    baseline = json.loads(Path(FLAGS.baseline).read_text())
-    if not isinstance(baseline.get("entries"), list):
-      raise ValueError("no `entries` list (write one with `evalkit baseline`)")
-  except (OSError, ValueError, AttributeError) as e:
-    raise UsageError(f"baseline {FLAGS.baseline}: {e}") from None
-  try:
-    checks = gate.run_gate(baseline, FLAGS.results_dir, z=FLAGS.z, tolerance=FLAGS.tolerance)
-  except ValueError as e:  # a result file that is not an evalkit result, or has no standard error
-    raise UsageError(f"results {FLAGS.results_dir}: {e}") from None
+  try:  # exit 2, never 1: a gate that cannot read its inputs has not found a regression
+    checks = gate.run_gate(gate.load_baseline(FLAGS.baseline), FLAGS.results_dir, z=FLAGS.z,
+                           tolerance=FLAGS.tolerance)
+  except EvalkitError as e:  # a bad baseline, a result file that is not an evalkit result or has no standard error
+    raise UsageError(str(e)) from None
   summary = gate.markdown(checks)
   print(summary)
   if FLAGS.summary:
     with open(FLAGS.summary, "a") as f:
       f.write(summary)
-  return gate.exit_code(checks)
+  code = gate.exit_code(checks)
+  if code == 2:
+    counts = {s: sum(c.status == s for c in checks) for s in ("missing", "incomparable")}
+    print(f"evalkit: error: gate cannot decide: {counts['missing']} baseline metric(s) missing and "
+          f"{counts['incomparable']} computed under another task spec in {FLAGS.results_dir} (table above); rerun "
+          "the evaluations, or write a new baseline for a changed spec", file=sys.stderr)
+  return code
 
 
 def cmd_scaling(action: str) -> int:
@@ -349,10 +348,13 @@ def main(argv: list[str]) -> int:
   try:
     return COMMANDS[command](*argv[2:])
   except UsageError as e:
-    print(f"evalkit: usage error: {e}", file=sys.stderr)
+    print(f"evalkit: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
   except EvalkitError as e:  # every expected failure: one line, no traceback
     print(f"evalkit: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 1
+  except OSError as e:  # the environment, not evalkit: a path that does not exist, a permission, a full disk
+    print(f"evalkit: error: {e.filename or ''}: {e.strerror or e}".replace(": :", ":"), file=sys.stderr)
     return 1
 
 

@@ -4,12 +4,13 @@ finished ones skipped. It knows no protocol: everything protocol-specific lives 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 import jax
 
-from evalkit import results, tasks
+from evalkit import fileio, results, tasks
 from evalkit.adapters import EvalSettings
 from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable
 from evalkit.subjects import Subject
@@ -26,24 +27,47 @@ def evaluate_task(subject: Subject, task: tasks.Task, settings: EvalSettings, me
   return record, outcome.manifest, outcome.items
 
 
+def _finished(path, overwrite: bool) -> bool:
+  """Whether a complete result is already at `path` (and wanted); an incomplete one is reported and redone."""
+  if overwrite or not path.exists():
+    return False
+  try:
+    results.check_complete(path)
+    return True
+  except ValueError as e:
+    log.warning("%s; recomputing it", e)
+    return False
+
+
+def _task_lock(path):
+  """One evaluation of a (checkpoint, task) at a time per results directory: concurrent `evalkit eval` processes
+  queue, and the later one finds the result done. Multi-process runs compute every task on every process in
+  lockstep (collectives), so they do not lock."""
+  if jax.process_count() > 1:
+    return contextlib.nullcontext()
+  checkpoint_dir = path.parent
+  return fileio.exclusive_lock(checkpoint_dir.parent / f".{checkpoint_dir.name}.{path.stem}.lock")
+
+
 def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, mesh) -> list[tuple[str, str, str]]:
   """Evaluates every task; returns (task, status, detail) rows. A dataset error of one task does not stop the
   others; a bad checkpoint stops all."""
   rows = []
   for task in task_list:
     path = results.result_path(settings.results_dir, subject.name, task.name)
-    if path.exists() and not settings.overwrite:
-      rows.append((task.name, "skipped", f"{path} exists (use --overwrite)"))
-      continue
-    try:
-      record, manifest, items = evaluate_task(subject, task, settings, mesh)
-    except (DatasetNotPrepared, DatasetUnreadable) as e:
-      rows.append((task.name, "error", str(e)))
-      continue
-    if jax.process_index() == 0:
-      results.write(path, record, manifest, items)
+    with _task_lock(path):
+      if _finished(path, settings.overwrite):
+        rows.append((task.name, "skipped", f"{path} exists (use --overwrite)"))
+        continue
+      try:
+        record, manifest, items = evaluate_task(subject, task, settings, mesh)
+      except (DatasetNotPrepared, DatasetUnreadable) as e:
+        rows.append((task.name, "error", str(e)))
+        continue
+      if jax.process_index() == 0:
+        results.write(path, record, manifest, items)
     value = record["headline"]["value"]
-    shown = "no result (every lr diverged)" if value is None else f"{100 * value:.2f}%"
+    shown = "no value" if value is None else f"{100 * value:.2f}%"
     rows.append((task.name, "done", f"{record['headline']['metric']} {shown} -> {path}"))
     log.info("%s / %s: %s", subject.name, task.name, rows[-1][2])
   return rows

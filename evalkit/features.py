@@ -201,7 +201,7 @@ class FeatureCache:
       expected = json.loads(meta.read_text())["sha256"]
       if fileio.file_sha256(data) != expected:
         raise ValueError("checksum mismatch")
-      with np.load(data) as z:
+      with np.load(data, allow_pickle=False) as z:
         return Features(x=z["x"], labels=z["labels"], ids=z["ids"], from_cache=True)
     except Exception as e:  # corrupt entry: say so and recompute
       log.warning("feature cache entry %s is corrupt (%s); recomputing", data, e)

@@ -14,10 +14,12 @@ loo). Items are one layout: `episodes` (E names: "10shot/seed0", ..., or "top1",
 from __future__ import annotations
 
 import datetime
+import hashlib
+import io
 import json
+import math
 import os
 import platform
-import re
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,7 @@ import evalkit
 import numpy as np
 
 from evalkit import fileio
+from evalkit.errors import EvalkitError
 
 SCHEMA = "evalkit.result/2"
 OLDER_SCHEMAS = ("evalkit.result/1",)
@@ -54,12 +57,10 @@ class Record(TypedDict, total=False):
   timings: dict
 
 
-def _safe(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
-
-
 def result_path(results_dir: str | os.PathLike, checkpoint_name: str, task_name: str) -> Path:
-  return Path(results_dir) / _safe(checkpoint_name) / f"{_safe(task_name)}.json"
+  """`<results_dir>/<checkpoint>/<task>.json`; names that are not safe file names are refused (fileio.safe_name)."""
+  folder = fileio.child(results_dir, checkpoint_name, what="checkpoint name")
+  return fileio.child(folder, fileio.safe_name(task_name, "task name") + ".json", what="task name")
 
 
 def manifest_path(result_file: Path) -> Path:
@@ -71,18 +72,58 @@ def items_path(result_file: Path) -> Path:
 
 
 def write(path: Path, record: dict, manifest: dict | None = None, items: dict | None = None) -> None:
-  """Sidecars first, then the result: a result file on disk always comes with its complete sidecars.
+  """Sidecars first, then the result, which records their sha256: the result file is the completeness marker.
 
+  A result on disk always comes with complete sidecars, and a sidecar that does not match its result's hash (a kill
+  between an `--overwrite` run's sidecar and result writes, a hand edit) is detected by `check_complete`.
   `items` holds per-test-item outcomes (arrays: test ids, labels, predictions per episode / model), so that two
   checkpoints can later be compared item by item on identical episodes.
   """
+  hashes = {}
   if manifest is not None:
-    fileio.atomic_write_json(manifest_path(path), manifest)
-    record = {**record, "manifest": manifest_path(path).name}
+    data = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    fileio.atomic_write(manifest_path(path), lambda f: f.write(data))
+    record, hashes["manifest"] = {**record, "manifest": manifest_path(path).name}, hashlib.sha256(data).hexdigest()
   if items is not None:
-    fileio.atomic_write(items_path(path), lambda f: np.savez_compressed(f, **items))
-    record = {**record, "items": items_path(path).name}
-  fileio.atomic_write_json(path, record)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **items)
+    data = buffer.getvalue()
+    fileio.atomic_write(items_path(path), lambda f: f.write(data))
+    record, hashes["items"] = {**record, "items": items_path(path).name}, hashlib.sha256(data).hexdigest()
+  fileio.atomic_write_json(path, {**record, "sidecar_sha256": hashes} if hashes else record)
+
+
+class BadResult(EvalkitError, ValueError):
+  """A file in a results directory that is not a readable, well-formed evalkit result."""
+
+
+class IncompleteResult(BadResult):
+  """A result file whose sidecars are missing or do not match it."""
+
+
+def check_complete(path: str | os.PathLike) -> Record:
+  """The record at `path` if it and its sidecars are whole and consistent; IncompleteResult (or ValueError for an
+  unreadable file) otherwise. Files written before hashes were recorded are checked for presence only."""
+  record = load(path)
+  for kind, sidecar in (("manifest", manifest_path), ("items", items_path)):
+    if kind not in record:
+      continue
+    file = sidecar(Path(path))
+    if not file.exists():
+      raise IncompleteResult(f"{path}: its {kind} file {file.name} is missing (rerun `evalkit eval --overwrite`)")
+    expected = record.get("sidecar_sha256", {}).get(kind)
+    if expected is not None and fileio.file_sha256(file) != expected:
+      raise IncompleteResult(f"{path}: its {kind} file {file.name} does not match the result (an interrupted or "
+                             "edited write); rerun `evalkit eval --overwrite`")
+  return record
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+  try:
+    check_complete(path)
+    return True
+  except (OSError, ValueError):
+    return False
 
 
 def make_items(test_ids, test_labels, episodes: list[str], predictions,
@@ -120,6 +161,8 @@ def build_record(task, outcome, timings: dict | None = None) -> Record:
 
 
 def load_items(result_file: str | os.PathLike) -> dict[str, np.ndarray]:
+  """The per-item predictions of a result, checked against the hash its result file recorded."""
+  check_complete(result_file)
   with np.load(items_path(Path(result_file)), allow_pickle=False) as z:
     items = {k: z[k] for k in z.files}
   if "episodes" not in items:  # evalkit.result/1 fine-tune items: predictions_<metric> per model
@@ -149,19 +192,50 @@ def load(path: str | os.PathLike) -> Record:
   try:
     with open(path) as f:
       record = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"{path}: not a readable result file ({' '.join(str(e).split())})") from None
+  except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly nested JSON
+    raise BadResult(f"{path}: not a readable result file ({' '.join(str(e).split())})") from None
   schema = record.get("schema") if isinstance(record, dict) else None
   if schema in OLDER_SCHEMAS:
-    return _upgrade(record)
-  if schema != SCHEMA:
-    raise ValueError(f"{path}: not an evalkit result (schema {schema!r}, expected {SCHEMA!r})")
+    record = _upgrade(record)
+  elif schema != SCHEMA:
+    raise BadResult(f"{path}: not an evalkit result (schema {schema!r}, expected {SCHEMA!r})")
+  problem = _shape_problem(record)
+  if problem:
+    raise BadResult(f"{path}: malformed evalkit result ({problem}); rerun `evalkit eval --overwrite` for it")
   return record
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _shape_problem(record: dict) -> str | None:
+  """What readers (report, gate, compare) rely on: names, a task spec hash, and metrics with numeric values in
+  range; None when the record has it."""
+  for section in ("checkpoint", "task"):
+    if not isinstance(record.get(section), dict) or not isinstance(record[section].get("name"), str):
+      return f"no {section}.name"
+    if not fileio.is_safe_name(record[section]["name"]):  # names become file names in reports
+      return f"{section}.name {record[section]['name']!r} is not a safe name"
+  if not isinstance(record["task"].get("spec_hash"), str):
+    return "no task.spec_hash"
+  metrics = record.get("metrics")
+  if not isinstance(metrics, dict):
+    return "no metrics table"
+  for name, m in metrics.items():
+    if not isinstance(m, dict) or not _is_number(m.get("value")) or not math.isfinite(m["value"]):
+      return f"metric {name!r} has no finite value"
+    if not 0.0 <= m["value"] <= 1.0:  # every metric is an accuracy (a fraction)
+      return f"metric {name!r} = {m['value']} is not an accuracy in [0, 1]"
+    se = m.get("se")
+    if se is not None and not (_is_number(se) and 0.0 <= se <= 1.0):
+      return f"metric {name!r} has standard error {se!r}, not in [0, 1]"
+  return None
 
 
 def result_files(results_dir: str | os.PathLike, checkpoint_name: str = "*") -> list[Path]:
   """Result JSON files of one checkpoint (by its name as given to `result_path`), or of all with "*"."""
-  folder = "*" if checkpoint_name == "*" else _safe(checkpoint_name)
+  folder = "*" if checkpoint_name == "*" else fileio.safe_name(checkpoint_name, "checkpoint name")
   return [p for p in sorted(Path(results_dir).glob(f"{folder}/*.json")) if not p.name.endswith(".episodes.json")]
 
 
@@ -177,7 +251,7 @@ def metric_se(metric: dict) -> float:
     return float(metric["se"])
   if "ci95" in metric and "value" in metric:
     return (metric["ci95"][1] - metric["ci95"][0]) / (2 * 1.96)
-  raise ValueError(f"metric {sorted(metric)} has no standard error: re-run `evalkit eval --overwrite`")
+  raise BadResult(f"metric {sorted(metric)} has no standard error: re-run `evalkit eval --overwrite`")
 
 
 def _git_sha() -> str | None:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from evalkit import checkpoints, features
+from evalkit import checkpoints, features, fileio
 from evalkit.checkpoints import cards, formats, timm
 from evalkit.models import vit
 
@@ -82,11 +82,12 @@ def _is_card(checkpoint: str) -> bool:
 
 
 def _stem(checkpoint: str) -> str:
+  """The default name of a checkpoint path: its file name less the format's suffix, made a safe file name."""
   stem = Path(checkpoint.rstrip("/")).name
   for fmt in formats.FORMATS.values():
     for suffix in fmt.suffixes:
       stem = stem.removesuffix(suffix)
-  return stem
+  return fileio.to_safe_name(stem)
 
 
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,
@@ -94,7 +95,9 @@ def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: d
                     timm_kwargs: dict | None = None, posemb_resize: str | None = None) -> Subject:
   """`pixels`, a card (name or .toml path), or a checkpoint path of any registered format with model settings from
   flags (big_vision fields, or a timm architecture name plus timm overrides) or from its own metadata (evalkit's
-  orbax checkpoints, Hugging Face config.json)."""
+  orbax checkpoints, Hugging Face config.json). The name becomes a results directory: it must be a safe file name."""
+  if name is not None:
+    fileio.safe_name(name, "--name")
   if checkpoint == PIXELS:
     return Subject(name=name or PIXELS)
   if _is_card(checkpoint):

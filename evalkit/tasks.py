@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import adapters, fileio
+from evalkit.data import pp as pp_lib
 from evalkit.errors import EvalkitError
 
 COMMON_FIELDS = ("name", "dataset", "protocol", "train_split", "test_split", "pp")
@@ -115,13 +116,28 @@ def _build(raw: dict, source_file: str) -> Task:
   for key, value in common.items():
     if not isinstance(value, str):
       raise ValueError(f"{key} must be a string, got {value!r}")
+  if not fileio.is_safe_name(common["name"]):
+    raise ValueError(f"name {common['name']!r} cannot be a result file name: {fileio.NAME_RULE}")
   extras = _parse_extra_tests(raw.pop("extra_tests")) if "extra_tests" in raw else ()
   config = adapters.config_from_spec(adapter, raw)
+  _check_pp({"pp": common["pp"], **{k: v for k, v in dataclasses.asdict(config).items() if k.startswith("pp")}})
   task = Task(**common, config=config, extra_tests=extras, source_file=source_file)
   allowed = adapter.metric_names(config)
   if task.headline and task.headline not in allowed:
     raise ValueError(f"headline {task.headline!r} is not a metric this task reports; one of {allowed}")
   return task
+
+
+def _check_pp(pp_fields: dict) -> None:
+  """Every pp string of the spec parses now, not after features were extracted or a model trained."""
+  for key, value in pp_fields.items():
+    if isinstance(value, str) and not value.strip():
+      raise ValueError(f"{key} is empty; give a big_vision pp string like 'decode|resize(224)|value_range(-1, 1)'")
+    if value is not None:
+      try:
+        pp_lib.parse(value)
+      except pp_lib.PPError as e:
+        raise ValueError(f"{key}: {e}") from None
 
 
 def _parse(path: Path) -> Task:

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from evalkit import checkpoints, distributed
+from evalkit import checkpoints, distributed, faults
 from evalkit.checkpoints import cards
 from evalkit.train import flops
 from evalkit.train import optim
@@ -141,20 +140,21 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_pat
 
 @pytest.mark.timeout(600)
 @pytest.mark.slow
-def test_kill_9_then_rerun_ends_identical(full_run, data_dir, tmp_path):
+@pytest.mark.parametrize("kill_at", ["state_saved:1", "train_step:35", "state_saved:4"])
+def test_kill_9_then_rerun_ends_identical(full_run, data_dir, tmp_path, kill_at):
+  """SIGKILL (evalkit.faults) right after the step-20 state save, inside the cooldown branch (main steps 1-30, then
+  branch steps 31-40), and after the final state save; the rerun ends with every card and the same weights."""
   _, exported = full_run
   cmd = [sys.executable, "-m", "evalkit.cli", "pretrain", "--config=digits_tiny", f"--workdir={tmp_path}",
          f"--data_dir={data_dir}", "--cooldown_at=30", "--noprogress"]
-  proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.monotonic() + subprocess_timeout()
-  try:
-    while not (tmp_path / "checkpoints" / "step_20.toml").exists():
-      assert proc.poll() is None and time.monotonic() < deadline, "pretrain ended before its first checkpoint"
-      time.sleep(0.05)
-  finally:  # kill -9 right after the first checkpoint (and never leave the process behind)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-  assert not (tmp_path / "checkpoints" / "step_60").exists()
+  killed = subprocess.run(cmd, capture_output=True, text=True, timeout=subprocess_timeout(),
+                          env={**os.environ, faults.KILL_AT: kill_at})
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
   rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=subprocess_timeout())
   assert rerun.returncode == 0, rerun.stderr[-3000:]
-  assert_same_params(final_params(tmp_path, 60), flat(exported["final"]))
+  reference = Path(exported["final"]).parent
+  assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.toml")) == \
+      sorted(p.name for p in reference.glob("*.toml"))
+  assert not [p for p in tmp_path.rglob("*") if "tmp" in p.name]  # no stale temporaries (orbax's or ours)
+  for name in ("step_60", "cooldown_30"):
+    assert_same_params(flat(tmp_path / "checkpoints" / name), flat(reference / name))

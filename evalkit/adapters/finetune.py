@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 import jax
@@ -238,6 +239,11 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
       if r is not choose(runs):
         r.state = None
   best = choose(runs)
+  if best is None and stop_at is None:
+    shutil.rmtree(workdir, ignore_errors=True)  # states that only lead to the same divergence: nothing to resume
+    steps = ", ".join(f"lr {r.lr:g} at step {r.diverged_at}" for r in runs)
+    raise loop.TrainingDiverged(f"task {task.name}: every lr of lr_grid diverged (NaN/inf loss: {steps}); no result "
+                                "written: lower lr_grid or check the checkpoint", min(r.diverged_at for r in runs))
   metrics, extras, keys, predictions, tops, test_ids, test_labels = {}, {}, [], [], [], None, None
   opened_extras = extra_tests.open_all(task, settings.data_dir, splits.num_classes)
   if best is not None:

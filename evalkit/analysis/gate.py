@@ -10,9 +10,12 @@ Exit codes of `evalkit gate`: 0 pass, 1 regression, 2 usage error or missing / i
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 from evalkit import results
+from evalkit.errors import EvalkitError
 
 SCHEMA = "evalkit.baseline/1"
 DEFAULT_Z = 1.645
@@ -48,9 +51,40 @@ class Check:
   margin: float | None = None
 
 
+class BadBaseline(EvalkitError, ValueError):
+  """A baseline file that is not one `evalkit baseline` writes, or holds values no accuracy can have."""
+
+
+def load_baseline(path) -> dict:
+  """A baseline file, validated: every entry names a checkpoint, task and metric, with a value in [0, 1] and a
+  standard error in [0, 1] (a gate must never pass on absurd numbers)."""
+  try:
+    baseline = json.loads(Path(path).read_text())
+  except (OSError, ValueError, RecursionError) as e:
+    raise BadBaseline(f"baseline {path}: not readable JSON ({' '.join(str(e).split())[:200]})") from None
+  check_baseline(baseline, path)
+  return baseline
+
+
+def check_baseline(baseline, where="baseline") -> None:
+  if not isinstance(baseline, dict) or baseline.get("schema") != SCHEMA:
+    schema = baseline.get("schema") if isinstance(baseline, dict) else None
+    raise BadBaseline(f"{where}: not an evalkit baseline (schema {schema!r}, expected {SCHEMA!r}; write one with "
+                      "`evalkit baseline`)")
+  if not isinstance(baseline.get("entries"), list):
+    raise BadBaseline(f"{where}: no `entries` list (write one with `evalkit baseline`)")
+  for i, e in enumerate(baseline["entries"]):
+    ok = (isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("checkpoint", "task", "metric", "spec_hash"))
+          and all(isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) for k in ("value", "se")))
+    if not ok or not (0.0 <= e["value"] <= 1.0 and 0.0 <= e["se"] <= 1.0):
+      raise BadBaseline(f"{where}: entry {i} is not {{checkpoint, task, metric, spec_hash, value in [0, 1], se in "
+                        f"[0, 1]}}: {json.dumps(e)[:200]}")
+
+
 def run_gate(baseline: dict, results_dir, *, z: float = DEFAULT_Z, tolerance: float = 0.0) -> list[Check]:
-  if baseline.get("schema") != SCHEMA:
-    raise ValueError(f"not an evalkit baseline (schema {baseline.get('schema')!r}, expected {SCHEMA!r})")
+  check_baseline(baseline)
+  if not (math.isfinite(z) and z >= 0 and math.isfinite(tolerance) and 0 <= tolerance < 1):
+    raise BadBaseline(f"gate margin: z must be ≥ 0 and tolerance in [0, 1), got z={z}, tolerance={tolerance}")
   found = {(r["checkpoint"]["name"], r["task"]["name"]): r for r in results.load_all(results_dir)}
   checks = []
   for b in baseline["entries"]:

@@ -35,6 +35,7 @@ from pathlib import Path
 import tomllib
 from typing import Any
 
+from evalkit import fileio
 from evalkit.checkpoints import fit, formats, timm
 from evalkit.data import pp as pp_lib
 from evalkit.checkpoints.tree import split_spec
@@ -137,6 +138,8 @@ def _check_types(data: dict, card_path) -> None:
     if key in data and (not isinstance(value, int) or isinstance(value, bool)
                         or value <= 0):
       _fail(card_path, f"{key} must be a positive integer, got {value!r}")
+  if not fileio.is_safe_name(data["name"]):
+    _fail(card_path, f"name {data['name']!r} cannot be a results directory name: {fileio.NAME_RULE}")
   if not isinstance(data["model"], dict):
     _fail(card_path, "[model] must be a table")
   if data.get("posemb_resize") and data["posemb_resize"] not in fit.POSEMB_RESIZE:
@@ -178,8 +181,8 @@ def parse_card(card_path: str | os.PathLike) -> Card:
       notes=data.get("notes", ""), training=dict(data.get("training", {})),
       pp=data.get("pp", ""), posemb_resize=data.get("posemb_resize", ""), obtain=data.get("obtain", ""),
       card_path=card_path.resolve())
-  try:  # Build the model once so a bad [model] table fails here, not later.
-    card.model()
+  try:  # Build the model (shapes only) once so a bad [model] table fails here, not later.
+    vit.param_count(card.model(), (card.resolution, card.resolution))
   except (ValueError, TypeError, EvalkitError) as e:
     raise CardError(f"card {card_path}: bad [model] table: "
                     f"{' '.join(str(e).split())}") from None

@@ -20,7 +20,7 @@ import numpy as np
 
 from evalkit.checkpoints import big_vision, fit, formats, hf, timm
 from evalkit.checkpoints.formats.safetensors import directory_tensor_names, tensor_shapes
-from evalkit.checkpoints.tree import CheckpointError
+from evalkit.checkpoints.tree import CheckpointError, flatten
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,8 +99,18 @@ def load_checkpoint(path: str | os.PathLike, *, model, image_size=(224, 224), do
   method = posemb_resize or fmt.posemb_resize
   params = fit.fit_to_model(flat, model=model, image_size=image_size, dont_load=dont_load, spec=spec,
                             posemb_resize=method)
+  _check_finite(params, spec)
   return Checkpoint(params=params, weights_hash=fingerprint, path=spec, format=fmt.name, meta=fmt.read_meta(spec),
                     posemb_resize=method)
+
+
+def _check_finite(params, spec: str) -> None:
+  """NaN or inf weights (a diverged run's export, a corrupted file) would score as chance: refuse them."""
+  arrays = {name: np.asarray(a) for name, a in flatten(params).items()}
+  bad = [name for name, a in arrays.items() if a.dtype.kind not in "biu" and not np.isfinite(a.astype(np.float32)).all()]
+  if bad:
+    raise CheckpointError(f"checkpoint {spec}: non-finite (NaN/inf) values in {len(bad)} parameter(s), e.g. "
+                          f"{', '.join(bad[:3])}; it is not a usable model (a diverged run?)")
 
 
 def load_params(path: str | os.PathLike, *, model, image_size=(224, 224), dont_load: Iterable[str] = ()) -> dict:

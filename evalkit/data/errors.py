@@ -36,3 +36,7 @@ def prepare_command(name: str, data_dir: str | None) -> str:
 
 class DatasetUnreadable(EvalkitError):
   """A prepared dataset that cannot be read in this installation; one-line message."""
+
+
+class BadSplit(EvalkitError, ValueError):
+  """A split spec that tfds cannot parse, names no split of the dataset, or selects no examples."""

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from evalkit.errors import EvalkitError
+
 Example = dict[str, Any]
 # An op takes the example dict and an optional RNG, and returns the new dict.
 OpFn = Callable[[Example, "np.random.Generator | None"], Example]
@@ -82,9 +84,12 @@ class Preprocess:
     # the caller's example is left untouched.
     data = dict(example)
     for op in self.ops:
-      data = op(data, rng)
+      try:
+        data = op(data, rng)
+      except (ValueError, KeyError, TypeError, IndexError) as e:  # e.g. a crop larger than the image
+        raise PPError(f"pp op {op.text!r} of {self.spec!r} failed on an example: {_one_line(e)}") from None
       if not isinstance(data, dict):
-        raise ValueError(f"pp op {op.text!r} did not return a dict")
+        raise PPError(f"pp op {op.text!r} did not return a dict")
     return data
 
 
@@ -108,6 +113,10 @@ def register(name: str, *, random: bool = False):
 
 def known_ops() -> list[str]:
   return sorted(_REGISTRY)
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
 
 
 def _split_pipeline(spec: str) -> list[str]:
@@ -161,22 +170,29 @@ def _parse_call(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
   return expr.func.id, tuple(args), kwargs
 
 
+class PPError(EvalkitError, ValueError):
+  """A pp string that does not parse, or an op that fails on the data (one line naming the op)."""
+
+
 def parse(pp_string: str) -> Preprocess:
-  """Parses a big_vision pp string into a callable `Preprocess`."""
+  """Parses a big_vision pp string into a callable `Preprocess`; PPError names the bad op."""
+  if not isinstance(pp_string, str):
+    raise PPError(f"a pp string must be a string like 'decode|resize(224)', got {pp_string!r}")
   ops = []
-  for text in _split_pipeline(pp_string or ""):
-    name, args, kwargs = _parse_call(text)
-    if name not in _REGISTRY:
-      raise ValueError(
-          f"Unknown pp op {name!r} in {pp_string!r}; known ops: "
-          f"{', '.join(known_ops())}")
-    factory, random = _REGISTRY[name]
-    try:
-      fn = factory(*args, **kwargs)
-    except TypeError as e:  # Wrong arity or unknown keyword.
-      raise ValueError(f"Bad arguments for pp op {text!r}: {e}") from None
-    ops.append(Op(text=text, random=random, fn=fn))
-  return Preprocess(spec=pp_string or "", ops=tuple(ops))
+  try:
+    for text in _split_pipeline(pp_string):
+      name, args, kwargs = _parse_call(text)
+      if name not in _REGISTRY:
+        raise ValueError(f"Unknown pp op {name!r} in {pp_string!r}; known ops: {', '.join(known_ops())}")
+      factory, random = _REGISTRY[name]
+      try:
+        fn = factory(*args, **kwargs)
+      except (TypeError, ValueError) as e:  # wrong arity, unknown keyword, or an argument of the wrong kind
+        raise ValueError(f"Bad arguments for pp op {text!r}: {e}") from None
+      ops.append(Op(text=text, random=random, fn=fn))
+  except ValueError as e:
+    raise PPError(str(e)) from None
+  return Preprocess(spec=pp_string, ops=tuple(ops))
 
 
 def _in_key_out_key(fn: Callable[..., Any], key: str | None, inkey: str,

@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 
 from evalkit.data import embedded
 from evalkit.data import pp as pp_lib
-from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable, prepare_command
+from evalkit.data.errors import BadSplit, DatasetNotPrepared, DatasetUnreadable, prepare_command
 
 Example = dict[str, Any]
 
@@ -58,18 +58,22 @@ def resolve_split(split: str, split_infos) -> tuple[str, int, int]:
 
   Uses tfds' own ReadInstruction, so percent slices round like tfds ("closest").
   """
+  if not isinstance(split, str) or not split.strip():
+    raise BadSplit(f"empty split spec {split!r}; available splits: {sorted(split_infos)} (e.g. 'train[:90%]')")
   try:
     pieces = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
   except (ValueError, KeyError, AssertionError) as e:
-    raise ValueError(f"Bad split {split!r} (available: "
-                     f"{sorted(split_infos)}): {e}") from None
+    raise BadSplit(f"Bad split {split!r} (available: "
+                   f"{sorted(split_infos)}): {e}") from None
   if len(pieces) != 1:
-    raise ValueError(f"Split {split!r} combines {len(pieces)} pieces; evalkit "
-                     "reads one base split with at most one slice")
+    raise BadSplit(f"Split {split!r} combines {len(pieces)} pieces; evalkit "
+                   "reads one base split with at most one slice")
   piece = pieces[0]
   n = split_infos[piece.splitname].num_examples
   start, stop, _ = slice(piece.from_, piece.to).indices(n)
-  return piece.splitname, start, max(start, stop)
+  if stop <= start:
+    raise BadSplit(f"split {split!r} selects no examples ({piece.splitname} has {n})")
+  return piece.splitname, start, stop
 
 
 def percent_cut(start: int, stop: int, fraction: float) -> int:

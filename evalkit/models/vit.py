@@ -405,6 +405,10 @@ def ViT(num_classes: int | None = None, *, variant: str | None = None,
     raise ValueError("pool_type 'tok' needs the class token (class_token=False given)")
   if not isinstance(cfg.get("num_registers", 0), int) or cfg.get("num_registers", 0) < 0:
     raise ValueError(f"num_registers must be a non-negative integer, got {cfg['num_registers']!r}")
+  for key in ("width", "depth", "num_heads", "mlp_dim"):  # sizes: a string or 0 would fail deep inside flax
+    value = cfg.get(key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+      raise ValueError(f"{key} must be a positive integer, got {value!r}")
   return VisionTransformer(num_classes=num_classes, **cfg)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from evalkit import stats
+from evalkit.errors import EvalkitError
 
 DEFAULT_SHOTS = (1, 5, 10, 25)
 DEFAULT_SEEDS = (0, 1, 2)
@@ -42,6 +43,10 @@ TOP_CLASSES = 5
 # Episodes: which train examples form each k-shot set.
 
 
+class NotEnoughExamples(EvalkitError, ValueError):
+  """A k-shot set larger than a class of the training split."""
+
+
 def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[np.ndarray]:
   """Per class c (in order) a permutation of the positions of class c, drawn from `default_rng(seed)`."""
   labels = np.asarray(labels)
@@ -51,6 +56,11 @@ def class_permutations(labels: np.ndarray, num_classes: int, seed: int) -> list[
 
 def episode_manifest(labels, num_classes, shots: Sequence[int], seeds: Sequence[int]) -> dict:
   """{(shots, seed): positions} for every episode; one draw of permutations per seed serves every k."""
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  if max(shots) > counts.min():
+    c = int(counts.argmin())
+    raise NotEnoughExamples(f"{max(shots)}-shot episodes need {max(shots)} training examples of every class, but "
+                            f"class {c} has {counts[c]}: use shots ≤ {counts[c]} or a larger train_split")
   manifest = {}
   for seed in seeds:
     perms = class_permutations(labels, num_classes, seed)

@@ -273,6 +273,12 @@ const d=document.body.dataset.sorted===i+':desc'?false:true;sortTable(i,d);}));
 const m=location.hash.match(/sort=(\\d+):(asc|desc)/);if(m){sortTable(parseInt(m[1]),m[2]==='desc');}"""
 
 
+def _script_json(text: str) -> str:
+  """JSON safe inside <script>: entities are not decoded there, so instead of HTML escapes `<`, `>` and `&` get
+  JSON's own \\u escapes; the block stays valid JSON and no name can close the script element."""
+  return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def html_page(board: Board, title: str = "evalkit leaderboard", studies=()) -> str:
   """The page; `studies` (analysis.scaling results, fitted by the caller) add a scaling section."""
   esc = html.escape
@@ -300,7 +306,7 @@ def html_page(board: Board, title: str = "evalkit leaderboard", studies=()) -> s
           f"</head><body><h1>{esc(title)}</h1><p>Accuracy % with 95% CI; click a column to sort. Red cells were "
           f"computed under another task spec than their column's and are not ranked.</p>"
           f"<table id=\"board\"><thead><tr><th>checkpoint</th>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
-          f"</table>{figures}<script type=\"application/json\" id=\"data\">{esc(data)}</script>"
+          f"</table>{figures}<script type=\"application/json\" id=\"data\">{_script_json(data)}</script>"
           f"<script>{_JS}</script></body></html>")
 
 

@@ -148,6 +148,6 @@ def write(studies: list[TaskScaling], out_dir) -> dict[str, Path]:
   fileio.atomic_write(paths["markdown"], lambda f: f.write(text.encode()))
   fileio.atomic_write_json(paths["json"], {"studies": [s.to_dict() for s in studies]})
   for s in studies:
-    paths[f"plot:{s.task}"] = out_dir / f"scaling_{s.task}.png"
+    paths[f"plot:{s.task}"] = fileio.child(out_dir, f"scaling_{s.task}.png", what="task name")
     fileio.atomic_write(paths[f"plot:{s.task}"], lambda f, png=png(s): f.write(png))
   return paths

@@ -60,6 +60,9 @@ class SweepConfig(pretrain.ConfigFields):
   pretrain: dict = dataclasses.field(default_factory=dict)  # other PretrainConfig fields, e.g. batch_size, lr
   kind = "sweep config"
 
+  def __post_init__(self):
+    pretrain.check_field_types(self)
+
   def lengths(self) -> list[int]:
     """Training lengths (steps) of a cell's checkpoints: each branch step plus its cooldown, and the full run."""
     branches = sorted({int(s) for s in self.cooldown_at})
@@ -146,7 +149,7 @@ def _cell_checkpoints(exported: dict[str, Path]) -> dict[int, Path]:
 
 
 def _cell_done(config: SweepConfig, results_dir: Path, model: str, data_size: int, task_list) -> bool:
-  return all(results.result_path(results_dir, checkpoint_name(model, data_size, steps), task.name).exists()
+  return all(results.is_complete(results.result_path(results_dir, checkpoint_name(model, data_size, steps), task.name))
              for steps in config.lengths() for task in task_list)
 
 
@@ -167,6 +170,11 @@ def _check_workdir(config: SweepConfig, workdir: Path) -> None:
 def _validate(config: SweepConfig) -> None:
   if not config.models or not config.data_sizes or not config.tasks:
     raise SweepError("a sweep needs at least one model, one data size and one task")
+  for model in config.models:  # model names become workdir and checkpoint names
+    if not fileio.is_safe_name(model):
+      raise SweepError(f"model name {model!r} becomes a directory name: {fileio.NAME_RULE}")
+  if not all(isinstance(n, int) and not isinstance(n, bool) for n in config.data_sizes):
+    raise SweepError(f"data sizes must be integers: {config.data_sizes}")
   if config.cooldown_steps <= 0:
     raise SweepError("cooldown_steps must be > 0: every checkpoint of a sweep is cooled down")
   if len(set(config.lengths())) != len(config.lengths()):
@@ -216,7 +224,7 @@ def run_sweep(config: SweepConfig, workdir: str, *, data_dir: str | None = None,
 
 def _run_cell(config, workdir, model, n, task_list, settings, data_dir, progress, mesh) -> dict:
   t0 = time.perf_counter()
-  run = pretrain.build_run(cell_pretrain_config(config, model, n), str(workdir / "runs" / cell_name(model, n)),
+  run = pretrain.build_run(cell_pretrain_config(config, model, n), str(fileio.child(workdir / "runs", cell_name(model, n))),
                            data_dir=data_dir, mesh=mesh, progress=progress)
   by_length = _cell_checkpoints(pretrain.train(run))
   t_train = time.perf_counter() - t0

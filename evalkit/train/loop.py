@@ -23,7 +23,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from evalkit import distributed
+from evalkit import distributed, faults
 from evalkit.errors import EvalkitError
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,10 @@ def make_train_step(model, tx: optax.GradientTransformation, mesh, *, loss: Call
 
 
 def state_manager(directory: Path, max_to_keep: int = 2) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(Path(directory).resolve(),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+  """Train states under `directory`; a save killed half-way leaves only an orbax temporary directory, which is
+  never restored and is removed when the manager next opens."""
+  return ocp.CheckpointManager(Path(directory).resolve(), options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True))
 
 
 def restore_latest(manager: ocp.CheckpointManager, state: dict, mesh) -> dict:
@@ -128,8 +130,9 @@ def run_loop(state, step_fn, reader, preprocess, stream: TrainStream, end: int, 
              on_save: Callable[[Any, int], None] | None = None, log_every: int = 10, label: str = "train",
              progress: bool = True):
   """Steps from the state's step to `end`. The loss is checked every `log_every` steps and before every save: a
-  NaN/inf raises TrainingDiverged without saving anything after it. At `save_steps` the state is saved (resume
-  point) and `on_save(state, step)` runs (e.g. exporting a checkpoint with its card)."""
+  NaN/inf raises TrainingDiverged without saving anything after it. At `save_steps`, `on_save(state, step)` runs
+  (e.g. exporting a checkpoint with its card) and then the state is saved: the resume point comes last, so a run
+  killed between the two redoes the steps and the export, and a saved state always has its export."""
   first = int(state["step"])
   if first >= end:
     return state
@@ -156,13 +159,15 @@ def run_loop(state, step_fn, reader, preprocess, stream: TrainStream, end: int, 
                       lr=f"{float(schedule(done - 1)):.2e}",
                       ex_s=f"{examples / (time.perf_counter() - t0):.0f}")
     bar.update(1)
+    faults.point("train_step")
     if done in save_steps:
+      if on_save is not None:
+        on_save(state, done)
       if manager is not None:
         manager.save(done, args=ocp.args.StandardSave(state))
         manager.wait_until_finished()
         last_good = done
-      if on_save is not None:
-        on_save(state, done)
+        faults.point("state_saved")
   bar.close()
   seconds = time.perf_counter() - t0
   log.info("%s: %d steps in %.1f s (%.0f examples/s)", label, end - first, seconds,

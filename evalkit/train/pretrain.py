@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,10 @@ class WorkdirMismatch(EvalkitError):
   """A workdir whose saved state does not fit the config (one line)."""
 
 
+class ConfigError(EvalkitError, ValueError):
+  """A pre-training config with a field that cannot work (one line naming it)."""
+
+
 class ConfigFields:
   """from_dict / to_dict for config dataclasses; unknown keys are an error (ValueError) naming the known ones."""
   kind = "config"
@@ -58,6 +63,19 @@ class ConfigFields:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,), "list": (list,)}
+
+
+def check_field_types(config) -> None:
+  """Each field of a config dataclass holds its annotated type (ValueError naming the field): `batch_size = "x"` or
+  `lr = "fast"` fail when the config is read, not steps into a run."""
+  for f in dataclasses.fields(config):
+    value, allowed = getattr(config, f.name), _TYPES.get(str(f.type))
+    wrong_bool = isinstance(value, bool) and bool not in allowed if allowed else False
+    if allowed and (not isinstance(value, allowed) or wrong_bool):
+      raise ValueError(f"{f.name} must be {f.type}, got {value!r}")
 
 
 @dataclasses.dataclass
@@ -91,6 +109,14 @@ class PretrainConfig(ConfigFields):
   kind = "pretrain config"
 
   def __post_init__(self):
+    check_field_types(self)
+    if not fileio.is_safe_name(self.name):
+      raise ValueError(f"name {self.name!r} names checkpoints and cards: {fileio.NAME_RULE}")
+    for key in ("batch_size", "total_steps", "checkpoint_every", "log_every"):
+      if getattr(self, key) < 1:
+        raise ValueError(f"{key} must be ≥ 1, got {getattr(self, key)}")
+    if not self.lr > 0:
+      raise ValueError(f"lr must be > 0, got {self.lr}")
     # A branch must end by total_steps: past it the main schedule's own cooldown ramp turns negative.
     cooldown = int(self.schedule.get("cooldown_steps", 0))
     if self.cooldown_at and cooldown <= 0:
@@ -153,7 +179,12 @@ def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = No
   preprocess = pp_lib.parse(config.pp_train)
   sample = next(reader.iter_id_batches([(reader.ids[:1], (config.seed, 0))], preprocess))
   image_size = tuple(int(s) for s in sample["image"].shape[1:3])
-  model = vit.ViT(num_classes=reader.num_classes, **config.model)
+  try:
+    model = vit.ViT(num_classes=reader.num_classes, **config.model)
+    vit.param_count(model, image_size)  # builds it: a bad [model] field fails here, in one line
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"pretrain config {config.name}: bad model {config.model}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
   stream = loop.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
   return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress)
 
@@ -175,7 +206,7 @@ def _export(run: Run, params, step: int, name: str, extra: dict | None = None) -
             "source": f"evalkit pretrain, config {run.config.name!r}, upstream {run.config.dataset} "
                       f"{run.config.train_split}",
             "model": {k: v for k, v in model_cfg.items() if v is not None}, "training": training}
-    fileio.atomic_write(out_dir / f"{name}.toml", lambda f: f.write(tomli_w.dumps(card).encode()))
+    fileio.atomic_write(_card(run, name), lambda f: f.write(tomli_w.dumps(card).encode()))
   return out_dir / name
 
 
@@ -194,6 +225,7 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   """
   cfg = run.config
   run.workdir.mkdir(parents=True, exist_ok=True)
+  _check_config(run)
   config_toml = tomli_w.dumps(_toml_safe(cfg.to_dict())).encode()
   fileio.atomic_write(run.workdir / "config.toml", lambda f: f.write(config_toml))
   params = init_params(run.model, run.image_size, cfg.seed, cfg.head_bias_init)
@@ -208,6 +240,9 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   save_steps |= {cfg.total_steps, end, *branch_steps}
   step_fn = _train_step(run, tx)
   export_step = lambda st, step: _export(run, st["params"], step, f"step_{step}")
+  resumed_at = int(state["step"])
+  if resumed_at in save_steps and not _card(run, f"step_{resumed_at}").exists():
+    export_step(state, resumed_at)  # a workdir whose state was saved before its export (older evalkit)
   exported = {}
   for segment_end in [*(b for b in branch_steps if b < cfg.total_steps), cfg.total_steps]:
     state = _loop(run, state, step_fn, schedule, min(segment_end, end), manager=manager, save_steps=save_steps,
@@ -221,11 +256,37 @@ def train(run: Run, *, stop_at: int | None = None) -> dict[str, Path]:
   return exported
 
 
+# Config fields a resumed run may change: they decide what is saved and logged, never the trained weights.
+RESUMABLE_CHANGES = ("cooldown_at", "checkpoint_every", "log_every", "cache_images")
+
+
+def _check_config(run: Run) -> None:
+  """A workdir with saved state resumes only the config it was started with (else its weights would mix two runs)."""
+  held_file = run.workdir / "config.toml"
+  if not held_file.exists() or not (run.workdir / "state").exists():
+    return
+  try:
+    held = tomllib.loads(held_file.read_text())
+  except (OSError, tomllib.TOMLDecodeError) as e:
+    raise WorkdirMismatch(f"{held_file}: unreadable ({e}); use a new --workdir") from None
+  wanted = tomllib.loads(tomli_w.dumps(_toml_safe(run.config.to_dict())))
+  changed = sorted(k for k in set(held) | set(wanted) if k not in RESUMABLE_CHANGES and held.get(k) != wanted.get(k))
+  if changed:
+    raise WorkdirMismatch(f"{run.workdir} was trained with another config (fields {', '.join(changed)} differ, "
+                          f"e.g. {changed[0]} = {held.get(changed[0])!r} there, {wanted.get(changed[0])!r} now); use "
+                          "a new --workdir, or the same config to resume")
+
+
+def _card(run: Run, name: str) -> Path:
+  """The card of an exported checkpoint, written last: its presence marks the export complete."""
+  return run.workdir / "checkpoints" / f"{name}.toml"
+
+
 def _branch(run: Run, main_state, branch_step: int) -> Path:
   """Cooldown branch: from the main state at `branch_step`, the lr cooled linearly to 0 over `cooldown_steps`."""
   cfg = run.config
   name = f"cooldown_{branch_step}"
-  if (run.workdir / "checkpoints" / f"{name}.toml").exists():
+  if _card(run, name).exists():
     return run.workdir / "checkpoints" / name  # finished before an interruption
   if int(main_state["step"]) != branch_step:  # e.g. a branch step added to a workdir already trained past it
     raise WorkdirMismatch(f"{run.workdir}: cannot branch at step {branch_step}, the run's state is at step "

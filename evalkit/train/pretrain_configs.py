@@ -5,7 +5,7 @@ import dataclasses
 import tomllib
 from pathlib import Path
 
-from evalkit.train.pretrain import PretrainConfig
+from evalkit.train.pretrain import ConfigError, PretrainConfig
 
 # The toy ViT of docs/protocols.md, "Toy scale" (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on Fashion-MNIST
 # train[:50000] — the other 10,000 training images stay unseen, for the in-domain few-shot probe.
@@ -46,8 +46,14 @@ def load(name_or_path: str, overrides: dict | None = None) -> PretrainConfig:
   if name_or_path in CONFIGS:
     base = CONFIGS[name_or_path]().to_dict()
   elif Path(name_or_path).suffix == ".toml":
-    base = {"name": Path(name_or_path).stem, **tomllib.loads(Path(name_or_path).read_text())}
+    try:
+      base = {"name": Path(name_or_path).stem, **tomllib.loads(Path(name_or_path).read_text())}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+      raise ConfigError(f"pretrain config {name_or_path}: {e}") from None
   else:
-    raise ValueError(f"unknown pretrain config {name_or_path!r}; named configs: {', '.join(CONFIGS)} "
-                     "(or a path to a .toml file)")
-  return PretrainConfig.from_dict({**base, **(overrides or {})})
+    raise ConfigError(f"unknown pretrain config {name_or_path!r}; named configs: {', '.join(CONFIGS)} "
+                      "(or a path to a .toml file)")
+  try:
+    return PretrainConfig.from_dict({**base, **(overrides or {})})
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"pretrain config {name_or_path}: {' '.join(str(e).split())}") from None
