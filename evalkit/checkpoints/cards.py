@@ -217,6 +217,16 @@ def list_cards(cards_dirs=None) -> list[Card]:
   return [found[name] for name in sorted(found)]
 
 
+def _name_field(card_file: Path) -> str | None:
+  """The card's `name`, or None when the file is unreadable (`parse_card` says why when it is the one asked for)."""
+  try:
+    with open(card_file, "rb") as f:
+      name = tomllib.load(f).get("name")
+  except (OSError, tomllib.TOMLDecodeError):
+    return None
+  return name if isinstance(name, str) else None
+
+
 def load_card(name_or_path: str | os.PathLike, cards_dirs=None) -> Card:
   """Loads a card by name (`<name>.toml` in the search dirs) or by file path.
 
@@ -232,12 +242,17 @@ def load_card(name_or_path: str | os.PathLike, cards_dirs=None) -> Card:
     candidate = directory / f"{text}.toml"
     if candidate.is_file():
       return parse_card(candidate)
-  # Fall back to the `name` field, for cards whose file stem differs.
-  known = list_cards(cards_dirs)
-  for card in known:
-    if card.name == text:
-      return card
-  names = ", ".join(c.name for c in known) or "(none)"
+  # Fall back to the `name` field, for cards whose file stem differs. Only the match is validated: checking every
+  # card's model would cost seconds per unknown name (a leaderboard asks for each checkpoint it shows).
+  names = []
+  for directory in dirs:
+    for card_file in sorted(directory.glob("*.toml")) if directory.is_dir() else ():
+      name = _name_field(card_file)
+      if name == text:
+        return parse_card(card_file)
+      if name is not None and name not in names:
+        names.append(name)
+  names = ", ".join(sorted(names)) or "(none)"
   searched = ", ".join(str(d) for d in dirs)
   raise CardError(f"unknown checkpoint card {text!r}; known cards: {names} "
                   f"(searched {searched})")

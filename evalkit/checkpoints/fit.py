@@ -14,7 +14,6 @@ from typing import Any, Iterable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 
 from evalkit.checkpoints.tree import CheckpointError, capped, flatten, one_line, unflatten
 from evalkit.models import vit
@@ -74,6 +73,7 @@ def _resample_grid(grid: np.ndarray, gh: int, gw: int, method: str) -> np.ndarra
   """(h, w, d) float32 grid -> (gh, gw, d)."""
   h, w, _ = grid.shape
   if method == "linear":
+    import scipy.ndimage  # pylint: disable=g-import-not-at-top  (only here: 0.3 s off every start)
     return scipy.ndimage.zoom(grid, (gh / h, gw / w, 1), order=1)
   matrix = _bicubic_matrix if method == "bicubic" else _antialias_matrix
   out = np.einsum("yh,hwd->ywd", matrix(h, gh), grid.astype(np.float64))

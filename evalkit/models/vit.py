@@ -21,6 +21,7 @@ Public API (docs/protocols.md, "ViT and its parameter tree"):
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -476,7 +477,14 @@ def describe(model: VisionTransformer) -> str:
 
 def param_count(model: VisionTransformer, image_size=(224, 224)) -> int:
   """Number of parameters, computed from shapes only (no allocation)."""
-  h, w = _pair(image_size)
+  return _param_count(model, _pair(image_size))
+
+
+@functools.lru_cache(maxsize=256)
+def _param_count(model: VisionTransformer, image_size: tuple[int, int]) -> int:
+  # Tracing a big model's init takes ~0.5 s; a leaderboard or card listing asks for the same few models many times.
+  # Modules are frozen dataclasses, so equal configs hash equal.
+  h, w = image_size
   shapes = jax.eval_shape(model.init, jax.random.key(0),
                           jnp.zeros((1, h, w, 3), jnp.float32))
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])))
