@@ -5,6 +5,8 @@ The commands and what each does are in `SUMMARIES` below (that is what `evalkit 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 
 from absl import app, flags
@@ -25,7 +27,7 @@ flags.DEFINE_multi_string("cards_dir", [], "Extra directories of checkpoint card
 flags.DEFINE_string("variant", None, "ViT variant, e.g. `B/16`, `mu/7`.")
 flags.DEFINE_string("pool_type", None, "gap | map | tok | 0 | none")
 flags.DEFINE_string("posemb", None, "learn | sincos2d")
-flags.DEFINE_integer("rep_size", None, "Size of the pre_logits layer (0: none).")
+flags.DEFINE_integer("rep_size", None, "Size of the pre_logits layer (0: none).", lower_bound=0)
 # ... or, for a timm .safetensors state dict, its timm architecture.
 flags.DEFINE_string("timm_model", None, "timm architecture name of a .safetensors checkpoint, e.g. "
                     "`vit_small_patch14_dinov2` (docs/checkpoint_families.md).")
@@ -38,7 +40,8 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: $TFDS_DATA_DIR or
 flags.DEFINE_string("results_dir", "results", "Where result JSON files go: <results_dir>/<checkpoint>/<task>.json.")
 flags.DEFINE_string("cache_dir", "~/.cache/evalkit/features", "Feature cache directory ('' disables the cache).")
 # How.
-flags.DEFINE_integer("batch_size", 256, "Global batch size for feature extraction (results do not depend on it).")
+flags.DEFINE_integer("batch_size", 256, "Global batch size for feature extraction (results do not depend on it).",
+                     lower_bound=1)
 flags.DEFINE_string("representation", "pre_logits", "Model output used as features: pre_logits, head_input, "
                     "encoded, blockN (token outputs are averaged).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype of feature extraction.")
@@ -50,11 +53,11 @@ flags.DEFINE_string("config", None, "Pre-training config (demo, digits_tiny, ...
                     "config (default, quick); or a path to a .toml file.")
 flags.DEFINE_string("workdir", None, "Pre-training or sweep working directory; reruns resume.")
 flags.DEFINE_list("cooldown_at", None, "Steps at which to branch off a linear cooldown (overrides the config).")
-flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.")
+flags.DEFINE_integer("total_steps", None, "Override the config's total_steps.", lower_bound=1)
 # Scaling studies.
 flags.DEFINE_bool("quick", False, "`scaling sweep`: the minute-long `quick` sweep on digits (tests, smoke runs).")
 flags.DEFINE_integer("bootstrap_samples", 1000, "`scaling fit` / `report`: bootstrap refits for the CIs of a scaling "
-                     "law's parameters.")
+                     "law's parameters (0: no CIs).", lower_bound=0)
 # Regression gate.
 flags.DEFINE_string("baseline", None, "Baseline JSON (written by `evalkit baseline`).")
 flags.DEFINE_string("out", None, "Output file (`evalkit baseline`) or directory (`evalkit report`, `scaling fit`).")
@@ -66,6 +69,17 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for mu
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 flags.DEFINE_bool("distributed_auto", False, "Call jax.distributed.initialize() with JAX's cluster auto-detection.")
+
+# Flag values are checked as the flags are parsed, before any command reads or writes anything (absl validators; a
+# failure is one `evalkit: error:` line naming the flag and its value, see `parse_flags`).
+flags.register_validator("tasks", lambda v: bool(v), "name at least one task (see `evalkit tasks`)")
+flags.register_validator("z", lambda v: math.isfinite(v) and v >= 0,
+                         "must be a finite number ≥ 0 (the margin in standard errors)")
+flags.register_validator("tolerance", lambda v: math.isfinite(v) and 0 <= v < 1,
+                         "must be in [0, 1) (an accuracy fraction)")
+for _name in ("data_dir", "results_dir", "cache_dir", "workdir"):
+  flags.register_validator(_name, lambda v: not v or not os.path.isfile(os.path.expanduser(v)),
+                           "is a file; give a directory (it is created when missing)")
 
 
 SUMMARIES = {
@@ -151,7 +165,6 @@ def _timm_kwargs() -> dict:
 
 
 def cmd_eval() -> int:
-  import os
   from evalkit import distributed, evaluate, subjects, tasks
   if not FLAGS.checkpoint:
     raise UsageError("--checkpoint is required (a card name, a path, or `pixels`)")
@@ -214,12 +227,23 @@ def cmd_pretrain() -> int:
   return 0
 
 
+def _check_out_dir(out) -> None:
+  if os.path.isfile(out):
+    raise UsageError(f"--out={out} is a file; give a directory (it is created when missing)")
+
+
+def _check_out_file(flag: str, path: str) -> None:
+  if os.path.isdir(path):
+    raise UsageError(f"{flag}={path} is a directory; give a file name")
+
+
 def cmd_report() -> int:
   from evalkit import results
   from evalkit.analysis import scaling
   from evalkit.report import leaderboard
   if not FLAGS.out:
     raise UsageError("--out (a directory) is required")
+  _check_out_dir(FLAGS.out)
   try:
     records = results.load_all(FLAGS.results_dir)
   except ValueError as e:
@@ -245,6 +269,7 @@ def cmd_baseline() -> int:
   from evalkit.analysis import gate
   if not FLAGS.out:
     raise UsageError("--out is required")
+  _check_out_file("--out", FLAGS.out)
   baseline = gate.make_baseline(FLAGS.results_dir)
   if not baseline["entries"]:
     raise UsageError(f"no results in {FLAGS.results_dir}")
@@ -257,6 +282,8 @@ def cmd_gate() -> int:
   from evalkit.analysis import gate
   if not FLAGS.baseline:
     raise UsageError("--baseline is required")
+  if FLAGS.summary:
+    _check_out_file("--summary", FLAGS.summary)
   try:  # exit 2, never 1: a gate that cannot read its inputs has not found a regression
     checks = gate.run_gate(gate.load_baseline(FLAGS.baseline), FLAGS.results_dir, z=FLAGS.z,
                            tolerance=FLAGS.tolerance)
@@ -309,6 +336,7 @@ def _scaling_fit(after_sweep: bool) -> int:
   out = FLAGS.out or (Path(FLAGS.workdir) / "scaling" if FLAGS.workdir else None)
   if out is None:
     raise UsageError("--out is required with --results_dir (or pass the sweep's --workdir)")
+  _check_out_dir(out)
   records = results.load_all(results_dir)
   studies = scaling.analyze_all(records, bootstrap=FLAGS.bootstrap_samples)
   if not studies:
@@ -358,13 +386,25 @@ def main(argv: list[str]) -> int:
     return 1
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad flag reported like every other error: one line, exit status 2 (absl prints two
+  lines and exits 1)."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    command = argv[1] if len(argv) > 1 and argv[1] in COMMANDS else None
+    hint = f"evalkit {command} --help" if command else "evalkit --help"
+    print(f"evalkit: error: {' '.join(str(e).split())} (see `{hint}`)", file=sys.stderr)
+    sys.exit(2)
+
+
 def run():
   # absl's own --help prints the launcher's empty docstring and exits 1; a user asking for help gets it, with exit 0.
   if any(arg in HELP_ARGS for arg in sys.argv[1:]):
     command = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
     print(help_text(command))
     sys.exit(0)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

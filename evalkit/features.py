@@ -25,6 +25,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from tqdm import tqdm
 
 from evalkit import distributed, fileio
+from evalkit.errors import EvalkitError
 
 DEFAULT_REPRESENTATION = "pre_logits"
 log = logging.getLogger(__name__)
@@ -52,19 +53,33 @@ class Featurizer:
   params: Any = None
 
 
+class RepresentationError(EvalkitError):
+  """A representation the model does not produce."""
+
+
+def _check_representation(representation: str, outputs: dict) -> None:
+  if representation not in outputs:
+    raise RepresentationError(f"--representation={representation} is not an output of the model; use one of "
+                              f"{', '.join(sorted(outputs))}")
+
+
 def model_featurizer(model, params, *, weights_hash: str, representation: str = DEFAULT_REPRESENTATION,
-                     dtype: str = "float32") -> Featurizer:
-  """Features = `out[representation]` of a ViT; token tensors (n, tokens, d) are averaged over tokens."""
+                     dtype: str = "float32", image_size: tuple[int, int] | None = None) -> Featurizer:
+  """Features = `out[representation]` of a ViT; token tensors (n, tokens, d) are averaged over tokens. With
+  `image_size`, the representation is checked at once (shapes only), before any image is read."""
   from evalkit.models import vit  # local import: keeps `evalkit.features` light for pixel-only use
   compute_dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  if image_size is not None:
+    image = jax.ShapeDtypeStruct((1, *image_size, 3), jnp.float32)
+    _, out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, train=False), params, image)
+    _check_representation(representation, out)
 
   def fn(p, images):
     if compute_dtype != jnp.float32:
       p = jax.tree.map(lambda a: a.astype(compute_dtype), p)
       images = images.astype(compute_dtype)
     _, out = model.apply({"params": p}, images, train=False)
-    if representation not in out:
-      raise KeyError(f"representation {representation!r} not produced by the model; it has {sorted(out)}")
+    _check_representation(representation, out)
     rep = out[representation]
     if rep.ndim == 3:  # tokens -> global average pool
       rep = rep.mean(axis=1)
@@ -181,9 +196,12 @@ class FeatureCache:
     stamp = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
     if self._memo is None:
       try:
-        self._memo = json.loads(self._memo_path.read_text())
+        memo = json.loads(self._memo_path.read_text())
       except (OSError, ValueError):
-        self._memo = {}
+        memo = None
+      # A memo that is not {stamp: sha256} (damaged, edited) is only a lost shortcut: start afresh.
+      valid = isinstance(memo, dict) and all(isinstance(v, str) for v in memo.values())
+      self._memo = memo if valid else {}
     if stamp not in self._memo:
       self._memo[stamp] = fileio.file_sha256(path)
       if jax.process_index() == 0:  # a lost update among concurrent writers only costs a re-hash later

@@ -57,7 +57,7 @@ class Subject:
       return features.pixel_featurizer()
     ckpt = self.checkpoint(image_size)
     return features.model_featurizer(self.model, ckpt.params, weights_hash=ckpt.weights_hash,
-                                     representation=representation, dtype=dtype)
+                                     representation=representation, dtype=dtype, image_size=tuple(image_size))
 
   def describe(self, image_size, ckpt: checkpoints.Checkpoint | None = None) -> dict:
     """Provenance of the subject; pass `ckpt` when it is already loaded (e.g. with another head) to skip a re-read."""
@@ -88,6 +88,19 @@ def _stem(checkpoint: str) -> str:
     for suffix in fmt.suffixes:
       stem = stem.removesuffix(suffix)
   return fileio.to_safe_name(stem)
+
+
+def _checked_model(checkpoint: str, model_kwargs: dict):
+  """The ViT of `model_kwargs`, built once from shapes only: a bad setting (`--variant=XX/3`, `--pool_type=bogus`)
+  fails here in one line, before any data is read."""
+  try:
+    model = vit.from_config(model_kwargs)
+    vit.param_count(model)
+  except (ValueError, TypeError) as e:
+    shown = ", ".join(f"{k}={v}" for k, v in model_kwargs.items() if v is not None)
+    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: bad model settings ({shown}): "
+                                      f"{' '.join(str(e).split())}") from None
+  return model
 
 
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,
@@ -129,5 +142,5 @@ def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: d
     model_kwargs = dict(meta["model"])
   model_kwargs["num_classes"] = None  # features only
   fmt = formats.detect(checkpoint).name
-  return Subject(name=name or _stem(checkpoint), path=checkpoint, model=vit.from_config(model_kwargs),
+  return Subject(name=name or _stem(checkpoint), path=checkpoint, model=_checked_model(checkpoint, model_kwargs),
                  posemb_resize=posemb_resize, architecture=f"Hugging Face {fmt}" if fmt == "hf" else None)

@@ -6,6 +6,9 @@ no new file in the results directory. docs/robustness.md counts the cases.
 """
 import json
 import math
+import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,12 +18,15 @@ import pytest
 from evalkit import checkpoints, cli
 from evalkit.models import vit
 
+from conftest import subprocess_timeout
+
 MU7 = ["--variant=mu/7", "--pool_type=map"]
 
 
 def evalkit(*args) -> int:
+  """`evalkit *args` as `cli.run` runs it (flags parsed by `cli.parse_flags`), in this process."""
   cli.FLAGS.unparse_flags()
-  return cli.main(cli.FLAGS(["evalkit", *args]))
+  return cli.main(cli.parse_flags(["evalkit", *args]))
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +45,20 @@ def files(tmp_path_factory):
                        wide.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"])
   checkpoints.save_npz(root / "all_nan.npz", jax.tree.map(lambda a: jnp.full_like(a, math.nan), params))
   np.savez(root / "pickled.npz", obj=np.array([{"a": 1}], dtype=object))
+  flat = dict(np.load(root / "good.npz"))
+  first = sorted(flat)[0]
+  np.savez(root / "one_inf.npz", **{**flat, first: np.full_like(flat[first], math.inf)})
+  for stem, header in (("st_bad_types", {"w": {"dtype": 5, "shape": "x", "data_offsets": [0, 4]}}),
+                       ("st_no_offsets", {"w": {"dtype": "F32", "shape": [1]}})):
+    text = json.dumps(header).encode()
+    (root / f"{stem}.safetensors").write_bytes(len(text).to_bytes(8, "little") + text + bytes(4))
+  checkpoints.save_orbax(root / "orbax_ok", params, {"model": {"variant": "mu/7", "pool_type": "map"}})
+  shutil.copytree(root / "orbax_ok", root / "orbax_truncated")
+  for f in sorted((root / "orbax_truncated").rglob("*")):
+    if f.is_file() and f.name != "evalkit_meta.json" and f.stat().st_size > 1000:
+      f.write_bytes(f.read_bytes()[:100])  # every array file cut short
+  (root / "a_file").write_text("a file where a directory belongs\n")
+  (root / "a_dir").mkdir()
 
   card = {"name": "c", "format": "npz", "path": str(root / "good.npz"), "resolution": 28,
           "model": '{ variant = "mu/7", pool_type = "map" }'}
@@ -56,7 +76,7 @@ def files(tmp_path_factory):
   base = {"dataset": "digits", "protocol": "fewshot_ridge", "train_split": "train", "test_split": "test",
           "pp": "decode|resize(28)|value_range(-1, 1)", "shots": [2], "seeds": [0], "headline_shots": 2}
   def write_task(file_stem, **changes):
-    fields = {**base, **changes}
+    fields = {k: v for k, v in {**base, **changes}.items() if v is not None}
     if fields["protocol"] == "finetune":
       fields = {k: v for k, v in fields.items() if k not in ("shots", "seeds", "headline_shots")}
     (root / f"{file_stem}.toml").write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in fields.items()))
@@ -77,6 +97,13 @@ def files(tmp_path_factory):
   write_task("protocol_unknown", protocol="linear_svm")
   write_task("dataset_missing", dataset="cifar10")
   write_task("name_escape", name="../../escaped")
+  write_task("seeds_negative", seeds=[-1])
+  write_task("pp_resize_negative", pp="decode|resize(-5)|value_range(-1, 1)")
+  write_task("knn_ks_too_many", protocol="knn", shots=None, seeds=None, headline_shots=None, ks=[5000],
+             headline_k=5000)
+  (root / "l2_reg_inf.toml").write_text((root / "shots_zero.toml").read_text().replace("[0]", "[2]")
+                                        + "l2_reg = inf\n")
+  write_task("lp_c_negative", protocol="linear_probe", shots=None, seeds=None, headline_shots=None, c_grid=[-1.0])
   write_task("ft_batch_zero", protocol="finetune", pp_train="decode|value_range(-1, 1)", batch_size=0,
              total_steps=10, lr_grid=[0.1])
   write_task("ft_nan", protocol="finetune", pp_train="decode|resize(28)|value_range(-1, 1)", batch_size=32,
@@ -102,6 +129,25 @@ def files(tmp_path_factory):
   (root / "baseline_absurd.json").write_text(json.dumps({"schema": "evalkit.baseline/1", "entries": [
       {"checkpoint": "x", "task": "digits", "metric": "10shot", "spec_hash": "0", "value": -5.0, "se": 1e300}]}))
   (root / "baseline_text.json").write_text("not json")
+  entry = {"checkpoint": "x", "task": "digits", "metric": "10shot", "spec_hash": "0", "value": 0.5, "se": 0.01}
+  for stem, change in (("baseline_huge_se", {"se": 1e300}), ("baseline_nan_value", {"value": math.nan}),
+                       ("baseline_nan_se", {"se": math.nan})):
+    (root / f"{stem}.json").write_text(json.dumps({"schema": "evalkit.baseline/1", "entries": [{**entry, **change}]}))
+  for stem, record in (("results_no_metrics", {"schema": "evalkit.result/2", "checkpoint": {"name": "x"},
+                                               "task": {"name": "digits", "spec_hash": "0"}}),
+                       ("results_metrics_list", {"schema": "evalkit.result/2", "checkpoint": {"name": "x"},
+                                                 "task": {"name": "digits", "spec_hash": "0"}, "metrics": [1, 2]}),
+                       ("results_task_escape", {"schema": "evalkit.result/2", "checkpoint": {"name": "x"},
+                                                "task": {"name": "../../../x", "spec_hash": "0"},
+                                                "metrics": {"10shot": {"value": 0.5, "se": 0.01}}}),
+                       ("results_name_type", {"schema": "evalkit.result/2", "checkpoint": {"name": 7},
+                                              "task": {"name": "digits", "spec_hash": "0"},
+                                              "metrics": {"10shot": {"value": 0.5, "se": 0.01}}})):
+    (root / stem / "x").mkdir(parents=True)
+    (root / stem / "x" / "digits.json").write_text(json.dumps(record))
+  (root / "pretrain_batch_text.toml").write_text('base = "digits_tiny"\nbatch_size = "big"\n')
+  (root / "pretrain_steps_below_warmup.toml").write_text(
+      (root / "pretrain_batch_text.toml").read_text().replace('batch_size = "big"', "total_steps = 5"))
   return {"root": root, "results": results_dir}
 
 
@@ -171,6 +217,78 @@ def cases(r):
                                             f"--results_dir={r / 'results_spec'}"], ["another task spec"]),
       ("pretrain: unknown config", ["pretrain", "--config=no_such_config", f"--workdir={r / 'w'}"],
        ["no_such_config"]),
+      # Checkpoints, continued.
+      ("one inf tensor", [*ev, f"--checkpoint={r / 'one_inf.npz'}", *MU7], ["non-finite"]),
+      ("safetensors: wrong-typed header", [*ev, f"--checkpoint={r / 'st_bad_types.safetensors'}", *MU7],
+       ["st_bad_types.safetensors"]),
+      ("safetensors: no data_offsets", [*ev, f"--checkpoint={r / 'st_no_offsets.safetensors'}", *MU7],
+       ["st_no_offsets.safetensors"]),
+      ("truncated orbax directory", [*ev, f"--checkpoint={r / 'orbax_truncated'}"], ["orbax_truncated"]),
+      # Model and eval flags.
+      ("--variant unknown", [*ev, f"--checkpoint={r / 'good.npz'}", "--variant=XX/3", "--pool_type=map"],
+       ["XX/3"]),
+      ("--pool_type unknown", [*ev, f"--checkpoint={r / 'good.npz'}", "--variant=mu/7", "--pool_type=bogus"],
+       ["bogus"]),
+      ("--representation unknown", [*good, "--representation=block99"], ["block99"]),
+      ("--rep_size negative", [*good, "--rep_size=-5"], ["rep_size"]),
+      ("--tasks empty", [*good, "--tasks="], ["--tasks"]),
+      ("--batch_size zero", [*good, "--batch_size=0"], ["--batch_size"]),
+      # Task specs, continued.
+      ("seeds negative", [*good, task("seeds_negative")], ["seeds", "-1"]),
+      ("pp resize(-5)", [*good, task("pp_resize_negative")], ["resize", "-5"]),
+      ("kNN ks beyond the train size", [*good, task("knn_ks_too_many")], ["5000"]),
+      ("l2_reg inf", [*good, task("l2_reg_inf")], ["l2_reg"]),
+      ("linear probe C negative", [*good, task("lp_c_negative")], ["c_grid"]),
+      # A file where a directory belongs, or the reverse.
+      ("--results_dir is a file", [*good, f"--results_dir={r / 'a_file'}"], ["a_file"]),
+      ("--cache_dir is a file", [*good, f"--cache_dir={r / 'a_file'}"], ["a_file"]),
+      ("--data_dir is a file", [*good, f"--data_dir={r / 'a_file'}"], ["a_file"]),
+      ("pretrain --workdir is a file", ["pretrain", "--config=digits_tiny", f"--workdir={r / 'a_file'}"],
+       ["a_file"]),
+      ("report --out is a file", ["report", f"--results_dir={r / 'results_ok'}", f"--out={r / 'a_file'}"],
+       ["a_file"]),
+      ("baseline --out is a directory", ["baseline", f"--results_dir={r / 'results_ok'}", f"--out={r / 'a_dir'}"],
+       ["a_dir"]),
+      ("gate --summary is a directory", ["gate", f"--baseline={r / 'baseline_other_spec.json'}",
+                                         f"--results_dir={r / 'results_spec'}", f"--summary={r / 'a_dir'}"],
+       ["a_dir"]),
+      ("--checkpoint is a plain directory", [*ev, f"--checkpoint={r / 'a_dir'}", *MU7], ["a_dir"]),
+      # Pre-training configs.
+      ("pretrain --total_steps negative", ["pretrain", "--config=digits_tiny", "--total_steps=-5",
+                                           f"--workdir={r / 'w'}"], ["total_steps", "-5"]),
+      ("pretrain: batch_size text", ["pretrain", f"--config={r / 'pretrain_batch_text.toml'}", f"--workdir={r / 'w'}"],
+       ["batch_size"]),
+      ("pretrain: total_steps below warmup", ["pretrain", f"--config={r / 'pretrain_steps_below_warmup.toml'}",
+                                              f"--workdir={r / 'w'}"], ["total_steps", "warmup"]),
+      # Gate numbers.
+      ("gate --z nan", ["gate", f"--baseline={r / 'baseline_other_spec.json'}", f"--results_dir={r / 'results_spec'}",
+                        "--z=nan"], ["--z"]),
+      ("gate --z negative", ["gate", f"--baseline={r / 'baseline_other_spec.json'}",
+                             f"--results_dir={r / 'results_spec'}", "--z=-100"], ["--z"]),
+      ("gate --tolerance negative", ["gate", f"--baseline={r / 'baseline_other_spec.json'}",
+                                     f"--results_dir={r / 'results_spec'}", "--tolerance=-1"], ["--tolerance"]),
+      ("gate: baseline se 1e300", ["gate", f"--baseline={r / 'baseline_huge_se.json'}",
+                                   f"--results_dir={r / 'results_ok'}"], ["se"]),
+      ("gate: baseline value NaN", ["gate", f"--baseline={r / 'baseline_nan_value.json'}",
+                                    f"--results_dir={r / 'results_ok'}"], ["value"]),
+      ("gate: baseline se NaN", ["gate", f"--baseline={r / 'baseline_nan_se.json'}",
+                                 f"--results_dir={r / 'results_ok'}"], ["se"]),
+      # Result records with missing keys or wrong types.
+      ("report: result without metrics", ["report", f"--results_dir={r / 'results_no_metrics'}", f"--out={r / 'o'}"],
+       ["digits.json", "metrics"]),
+      ("report: metrics not a table", ["report", f"--results_dir={r / 'results_metrics_list'}", f"--out={r / 'o'}"],
+       ["digits.json", "metrics"]),
+      ("compare: checkpoint name not text", ["compare", "x", "x", f"--results_dir={r / 'results_name_type'}"],
+       ["digits.json"]),
+      ("report: task name escapes", ["report", f"--results_dir={r / 'results_task_escape'}", f"--out={r / 'o'}"],
+       ["digits.json", "../../../x"]),
+      ("scaling fit: task name escapes", ["scaling", "fit", f"--results_dir={r / 'results_task_escape'}",
+                                          f"--out={r / 'o'}"], ["digits.json", "../../../x"]),
+      ("checkpoint path ending in /..", [*ev, f"--checkpoint={r / 'a_dir'}/..", *MU7], [".."]),
+      ("scaling fit: corrupt result", ["scaling", "fit", f"--results_dir={r / 'results_corrupt'}",
+                                       f"--out={r / 'o'}"], ["digits.json"]),
+      ("scaling fit: negative bootstrap", ["scaling", "fit", f"--results_dir={r / 'results_ok'}", f"--out={r / 'o'}",
+                                           "--bootstrap_samples=-3"], ["bootstrap_samples"]),
       ("sweep: model name escapes", ["scaling", "sweep", f"--config={r / 'sweep_escape.toml'}",
                                      f"--workdir={r / 'sweep'}"], ["model name"]),
   ]
@@ -180,19 +298,24 @@ def _files(root):
   return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file()) if root.exists() else []
 
 
-def test_every_bad_input_gives_one_line_and_writes_nothing(files, data_dir, capsys):
+def test_every_bad_input_gives_one_line_and_writes_nothing(files, data_dir, capsys, monkeypatch):
   r = files["root"]
+  # An isolated working directory and home: a default path (`results`, `~/.cache/...`) written by mistake shows up
+  # under `r` too, where the test looks.
+  (r / "cwd").mkdir(exist_ok=True)
+  monkeypatch.chdir(r / "cwd")
+  monkeypatch.setenv("HOME", str(r / "home"))
   (r / "sweep_escape.toml").write_text('base = "digits_tiny"\ndata_sizes = [100]\ntasks = ["digits"]\n'
                                        'total_steps = 10\ncooldown_steps = 2\n'
                                        '[models."../../../../tmp/SWEEP_PWN"]\nvariant = "mu/7"\n')
   table = cases(r)
-  assert len(table) >= 30
+  assert len(table) >= 60
   failures = []
   for label, argv, words in table:
-    before = _files(files["results"])
+    before = _files(r)
     try:
-      code = evalkit(*argv, f"--data_dir={data_dir}") if argv[0] in ("eval", "pretrain", "scaling") else \
-          evalkit(*argv)
+      own_data_dir = argv[0] in ("eval", "pretrain", "scaling") and not any(a.startswith("--data_dir=") for a in argv)
+      code = evalkit(*argv, f"--data_dir={data_dir}") if own_data_dir else evalkit(*argv)
     except SystemExit as e:  # absl refusing a flag value exits; it must still be one line
       code = e.code
     except Exception as e:  # pylint: disable=broad-except
@@ -210,9 +333,25 @@ def test_every_bad_input_gives_one_line_and_writes_nothing(files, data_dir, caps
       problems.append(f"does not name {words}")
     if "Traceback" in err:
       problems.append("traceback")
-    if _files(files["results"]) != before:
-      problems.append("wrote into the results dir")
+    if _files(r) != before:
+      problems.append(f"wrote {sorted(set(_files(r)) - set(before))[:3]}")
     if problems:
       failures.append(f"{label}: {', '.join(problems)}: {err.strip()[-400:]}")
   assert not list(r.parent.glob("**/SWEEP_PWN")), "a sweep model name escaped its workdir"
   assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["eval", "--batch_size=abc"], ["--batch_size", "abc"]),
+    (["eval", "--no_such_flag=1"], ["no_such_flag"]),
+    (["gate", "--baseline=b.json", "--z=nan"], ["--z", "nan"]),
+    (["eval", "--tasks="], ["--tasks"]),
+])
+def test_a_bad_flag_is_one_line_from_the_real_command(argv, words, tmp_path):
+  """Flag parsing happens in absl's `app.run`, before `main`: the installed command says one line too, exit 2."""
+  proc = subprocess.run([sys.executable, "-m", "evalkit.cli", *argv], capture_output=True, text=True, cwd=tmp_path,
+                        timeout=subprocess_timeout())
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert lines[0].startswith("evalkit: error: ") and all(w in lines[0] for w in words), lines[0]
+  assert not list(tmp_path.iterdir())

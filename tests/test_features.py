@@ -64,7 +64,7 @@ def test_bfloat16_features_close_to_float32(tiny, digits):
 def test_token_representations_are_averaged(tiny, digits):
   block = featurize(tiny, digits["test"], devices=jax.devices(), batch_size=128, representation="block0")
   assert block.x.shape == (500, 32)
-  with pytest.raises(KeyError, match="representation"):
+  with pytest.raises(features.RepresentationError, match="representation=nope .* block0, block1, encoded"):
     featurize(tiny, digits["test"], devices=jax.devices(), batch_size=128, representation="nope")
 
 

@@ -7,6 +7,8 @@ by `probes.ridge.RidgeProbe`; the headline is the mean over seeds at `headline_s
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 
 import jax
@@ -15,7 +17,8 @@ import numpy as np
 from evalkit import distributed, features, results
 from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests, frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
+from evalkit.adapters.registry import (EvalSettings, Outcome, SplitTooSmall, check_distinct_positive,
+                                       register_adapter)
 from evalkit.data import pp as pp_lib
 from evalkit.data import source
 from evalkit.probes import ridge
@@ -30,12 +33,21 @@ class FewshotConfig:
 
   def __post_init__(self):
     check_distinct_positive("shots", self.shots)
-    if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-      raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-    if not self.l2_reg > 0:
-      raise ValueError(f"l2_reg must be positive, got {self.l2_reg}")
+    if not self.seeds or len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+      raise ValueError(f"seeds must be a non-empty list of distinct integers ≥ 0, got {list(self.seeds)}")
+    if not 0 < self.l2_reg < math.inf:
+      raise ValueError(f"l2_reg must be a finite positive number, got {self.l2_reg}")
     if self.headline_shots not in self.shots:
       raise ValueError(f"headline_shots {self.headline_shots} is not one of shots {list(self.shots)}")
+
+
+def _check_train(shots, size: int, num_classes: int | None) -> None:
+  """Before any image is read: k-shot episodes over K classes need k·K training examples (that every class has k
+  is checked on the labels, as the episodes are drawn)."""
+  if num_classes and max(shots) * num_classes > size:
+    raise SplitTooSmall(f"{max(shots)}-shot episodes over {num_classes} classes need {max(shots) * num_classes} "
+                        f"training examples, but the train split has {size}: use shots ≤ {size // num_classes} or "
+                        "a larger train_split")
 
 
 @register_adapter("fewshot_ridge", FewshotConfig, headline=lambda c: f"{c.headline_shots}shot",
@@ -43,7 +55,8 @@ class FewshotConfig:
 def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   """Every (shots, seed) episode on the task's train/test features; λ fixed, and LOO-chosen beside it."""
   cfg = task.config
-  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
+  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(
+      subject, task, settings, mesh, check_train=functools.partial(_check_train, cfg.shots))
   t1 = time.perf_counter()
   train, test = feats["train"], feats["test"]
   num_classes = readers["train"].num_classes

@@ -14,9 +14,11 @@ from evalkit.data import pp as pp_lib
 from evalkit.data import source
 
 
-def open_features(subject, task, settings: EvalSettings, mesh):
+def open_features(subject, task, settings: EvalSettings, mesh,
+                  check_train: Callable[[int, int | None], None] | None = None):
   """Features of the task's train and test splits through the shared cache, extracted once per (checkpoint,
-  dataset, split, pp) whichever adapter asks.
+  dataset, split, pp) whichever adapter asks. `check_train(size, num_classes)` of the whole train split runs before
+  any image is read: a spec the split cannot serve (raising `SplitTooSmall`) fails before the work, not after.
 
   Returns (features by split, featurizer, cache or None, readers by split, image size, timings)."""
   t0 = time.perf_counter()
@@ -24,6 +26,9 @@ def open_features(subject, task, settings: EvalSettings, mesh):
   pid, pcount = jax.process_index(), jax.process_count()
   readers = {which: source.open_split(task.dataset, split, settings.data_dir, process_index=pid, process_count=pcount)
              for which, split in (("train", task.train_split), ("test", task.test_split))}
+  if check_train is not None:
+    train = readers["train"]
+    check_train(train.global_stop - train.global_start, train.num_classes)
   image_size = source.output_image_size(readers["train"], preprocess)
   featurizer = subject.featurizer(image_size, representation=settings.representation, dtype=settings.dtype)
   cache = features.FeatureCache(settings.cache_dir) if settings.cache_dir else None

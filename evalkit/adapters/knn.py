@@ -7,12 +7,14 @@ with the exp(sim / T)-weighted vote (`<k>nn`) and the plain majority vote (`<k>n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 from evalkit import metrics as metrics_lib
 from evalkit import results
 from evalkit.adapters import frozen
-from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
+from evalkit.adapters.registry import (EvalSettings, Outcome, SplitTooSmall, check_distinct_positive,
+                                       register_adapter)
 from evalkit.probes import knn
 
 
@@ -34,11 +36,19 @@ def _base_names(cfg: KnnConfig) -> list[str]:
   return [name for k in sorted(cfg.ks) for name in (f"{k}nn", f"{k}nn_majority")]
 
 
+def _check_train(ks, size: int, num_classes: int | None) -> None:
+  del num_classes
+  if max(ks) > size:
+    raise SplitTooSmall(f"ks {list(ks)}: {max(ks)} nearest neighbours need at least {max(ks)} training examples, "
+                        f"but the train split has {size}: use ks ≤ {size} or a larger train_split")
+
+
 @register_adapter("knn", KnnConfig, headline=lambda c: f"{c.headline_k}nn",
                   metric_names=lambda c: [m for b in _base_names(c) for m in (b, *metrics_lib.derived_names(b))])
 def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   cfg = task.config
-  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
+  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(
+      subject, task, settings, mesh, check_train=functools.partial(_check_train, cfg.ks))
   t1 = time.perf_counter()
   train, test = feats["train"], feats["test"]
   num_classes = readers["train"].num_classes

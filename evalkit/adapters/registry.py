@@ -15,6 +15,7 @@ import typing
 from typing import Any, Callable
 
 from evalkit import features
+from evalkit.errors import EvalkitError
 
 
 @dataclasses.dataclass
@@ -82,6 +83,10 @@ def get(name: str) -> Adapter:
   if name not in ADAPTERS:
     raise KeyError(f"unknown protocol {name!r}; known: {sorted(ADAPTERS)}")
   return ADAPTERS[name]
+
+
+class SplitTooSmall(EvalkitError, ValueError):
+  """A task spec asks for more training examples than its train split has (shots × classes, k nearest)."""
 
 
 def check_distinct_positive(field: str, values) -> None:

@@ -213,8 +213,12 @@ def _pair(size) -> tuple[int, int]:
   if isinstance(size, Sequence) and not isinstance(size, str):
     if len(size) != 2:
       raise ValueError(f"size must be an int or (height, width), got {size!r}")
-    return int(size[0]), int(size[1])
-  return int(size), int(size)
+    h, w = int(size[0]), int(size[1])
+  else:
+    h = w = int(size)
+  if h <= 0 or w <= 0:
+    raise ValueError(f"size must be positive, got {size!r}")
+  return h, w
 
 
 # ---------------------------------------------------------------------------
