@@ -140,10 +140,12 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(data_dir, tmp_pat
 
 @pytest.mark.timeout(600)
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", ["state_saved:1", "train_step:35", "state_saved:4"])
+@pytest.mark.parametrize("kill_at", ["before_rename:2", "state_saved:1", "train_step:35", "state_saved:4"])
 def test_kill_9_then_rerun_ends_identical(full_run, data_dir, tmp_path, kill_at):
-  """SIGKILL (evalkit.faults) right after the step-20 state save, inside the cooldown branch (main steps 1-30, then
-  branch steps 31-40), and after the final state save; the rerun ends with every card and the same weights."""
+  """SIGKILL (evalkit.faults) mid-export of step 20 (orbax has committed its arrays, the metadata and card are not
+  written: the second file renamed after config.toml), right after the step-20 state save, inside the cooldown
+  branch (main steps 1-30, then branch steps 31-40), and after the final state save; the rerun ends with every card
+  and the same weights."""
   _, exported = full_run
   cmd = [sys.executable, "-m", "evalkit.cli", "pretrain", "--config=digits_tiny", f"--workdir={tmp_path}",
          f"--data_dir={data_dir}", "--cooldown_at=30", "--noprogress"]

@@ -5,8 +5,10 @@ on one CPU. The metadata (model config, step, training provenance) lets `evalkit
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
+import shutil
 from typing import Any, Mapping
 
 import jax
@@ -73,6 +75,10 @@ def save_orbax(path: str | os.PathLike, params: Mapping[str, Any], metadata: dic
   if os.path.exists(path) and not overwrite:
     raise CheckpointError(f"checkpoint {path}: already exists (pass overwrite=True to replace it)")
   tree = unflatten(numeric_arrays(params))
+  # orbax writes `<path>.orbax-checkpoint-tmp-<time>` and renames it when complete; one left by a killed save is
+  # never read, and would stay forever: remove it (one writer per path: pre-training exports from process 0 only).
+  for stale in glob.glob(glob.escape(path) + ".orbax-checkpoint-tmp*"):
+    shutil.rmtree(stale, ignore_errors=True)
   ocp.PyTreeCheckpointer().save(path, tree, force=overwrite)
   if metadata is not None:
     text = json.dumps(metadata, indent=2, sort_keys=True)
