@@ -14,10 +14,14 @@ train[800:]). Rerunning resumes the pre-training where it stopped.
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
-from evalkit import distributed, evaluate, results, subjects, tasks
+import numpy as np
+
+from evalkit import checkpoints, distributed, evaluate, features, results, subjects, tasks
+from evalkit.data import pp, source
 from evalkit.report import leaderboard
 from evalkit.train import pretrain
 from evalkit.train import pretrain_configs
@@ -36,6 +40,17 @@ def _plan(data_dir) -> tuple[pretrain.PretrainConfig, str, list[str]]:
   return pretrain_configs.digits_demo(), "digits_heldout", ["digits_heldout"]
 
 
+def upstream_top1(run: pretrain.Run, checkpoint, data_dir) -> tuple[float, int]:
+  """Top-1 of the pre-trained model's own head on its upstream dataset's test split (the classes it was trained
+  on), and the number of test images: how good the upstream model is, before any transfer."""
+  params = checkpoints.load_params(str(checkpoint), model=run.model, image_size=run.image_size)
+  logits = features.model_featurizer(run.model, params, weights_hash=str(checkpoint), representation="logits")
+  reader = source.open_split(run.config.dataset, "test", data_dir)
+  test_pp = pp.parse(f"decode|resize({run.image_size[0]})|value_range(-1, 1)")
+  out = features.extract(logits, reader, test_pp, mesh=distributed.data_mesh(), progress=False)
+  return float(np.mean(np.argmax(out.x, axis=1) == out.labels)), len(out.labels)
+
+
 def main(results_dir: str = "results", data_dir: str | None = None, progress: bool = True) -> int:
   start = time.perf_counter()
   out = Path(results_dir).resolve() / "demo"
@@ -45,6 +60,12 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   t_pretrain = time.perf_counter()
   trained_ckpt = pretrain.train(run)["final"]
   t_pretrain = time.perf_counter() - t_pretrain
+  top1, n_test = upstream_top1(run, trained_ckpt, data_dir)
+  half = 1.96 * math.sqrt(top1 * (1 - top1) / n_test)
+  upstream_line = (f"Upstream model: its own head scores {100 * top1:.1f}% (95% CI {100 * (top1 - half):.1f}–"
+                   f"{100 * (top1 + half):.1f}) on {config.dataset} test ({n_test:,} images) after "
+                   f"{config.total_steps} steps of {config.batch_size} ({t_pretrain:.0f} s).")
+  print(upstream_line)
 
   subject_list = [
       subjects.resolve_subject(f"{trained_ckpt}.toml", name="pretrained"),
@@ -83,7 +104,7 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   summary.write_text(
       "# evalkit demo\n\n"
       f"Upstream: {config.dataset} {config.train_split}, {config.total_steps} steps of {config.batch_size} "
-      f"({t_pretrain:.0f} s).\n\n## Few-shot ridge accuracy %, mean ± std over 3 seeds\n\n{table}\n{gap_line}\n\n"
+      f"({t_pretrain:.0f} s).\n\n{upstream_line}\n\n## Few-shot ridge accuracy %, mean ± std over 3 seeds\n\n{table}\n{gap_line}\n\n"
       f"## Fine-tuning on digits (top-1 %, bootstrap 95% CI)\n\n{ft_table}")
   print("\n" + table)
   print(ft_table)

@@ -1,6 +1,7 @@
 """`evalkit eval` end to end on the embedded digits, as a user runs it (subprocesses, exit codes, files)."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -188,7 +189,11 @@ def test_demo_digits_only_variant(data_dir, tmp_path):
                  env_extra={"EVALKIT_FASHION_MNIST_DIR": str(tmp_path / "no_fashion_here")})
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "apt-get install dataset-fashion-mnist" in proc.stdout
+  # The upstream model's own head on digits test (10 classes, chance 10%): far above chance after 600 steps.
+  upstream = re.search(r"its own head scores ([0-9.]+)% \(95% CI ([0-9.]+)–([0-9.]+)\) on digits test", proc.stdout)
+  assert upstream and float(upstream[2]) > 50.0, proc.stdout[-3000:]
   summary = (tmp_path / "demo" / "summary.md").read_text()
+  assert upstream[0] in summary
   assert "| pretrained |" in summary and "| random_init |" in summary and "| pixels |" in summary
   recs = {r["checkpoint"]["name"]: r for r in results.load_all(tmp_path / "demo" / "results")}
   assert recs["pretrained"]["headline"]["value"] > recs["random_init"]["headline"]["value"] + 0.05

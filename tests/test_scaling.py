@@ -95,6 +95,7 @@ def test_sweep_config_lengths_cells_and_validation(tmp_path, data_dir):
   pre = sweep.cell_pretrain_config(config, "S", 7000)
   assert pre.train_split == "train[:7000]" and pre.model["width"] == 64 and pre.schedule["cooldown_steps"] == 80
   assert pre.model_name == "S" and pre.cooldown_at == [100, 200, 400] and pre.total_steps == 800
+  assert pre.lr == 2e-3 and pre.head_bias_init == -10.0 and "flip_lr" in pre.pp_train  # the README table's recipe
   with pytest.raises(sweep.SweepError, match="unknown sweep config"):
     sweep.load("nope")
   (tmp_path / "typo.toml").write_text("data_size = [10]\n")

@@ -82,7 +82,11 @@ def default() -> SweepConfig:
       name="default", base="demo",
       models={"XS": _toy_vit(32, 2, 2), "S": _toy_vit(64, 3, 4), "M": _toy_vit(96, 4, 4)},
       data_split="train", data_sizes=[1000, 7000, 50000], total_steps=800, cooldown_at=[100, 200, 400],
-      cooldown_steps=80, tasks=["fashion_mnist_heldout", "digits"], pretrain={"checkpoint_every": 200})
+      cooldown_steps=80, tasks=["fashion_mnist_heldout", "digits"],
+      # The recipe the README's table was measured with (the demo's before its own sweep): upstream sets of 1,000
+      # and 7,000 images are seen up to 100 times, where the crop and flip augmentation earns its keep.
+      pretrain={"checkpoint_every": 200, "lr": 2e-3, "head_bias_init": -10.0,
+                "pp_train": "decode|resize(32)|random_crop(28)|flip_lr|value_range(-1, 1)"})
 
 
 def quick() -> SweepConfig:
