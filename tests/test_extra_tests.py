@@ -54,6 +54,7 @@ def test_fewshot_reports_every_extra_test_set(blobs_dir, tmp_path):
   assert record["task"]["spec"]["extra_tests"][1]["label_key"] == "real_label"  # part of the spec hash
 
 
+@pytest.mark.slow  # ≈ 20 s on 2 cores
 def test_finetune_reports_every_extra_test_set(blobs_dir, random_vit, tmp_path):
   subject = subjects.resolve_subject(str(random_vit(0, "gap", num_classes=3)), name="mu7",
                                      model_kwargs={"variant": "mu/7", "pool_type": "gap"})

@@ -271,6 +271,7 @@ def _box_stats(boxes, h, w):
   return np.array([area.mean(), area.std(), aspect.mean(), np.mean(area > 0.5), np.mean(area < 0.15)])
 
 
+@pytest.mark.slow  # ≈ 20 s on 2 cores
 def test_inception_crop_samples_like_tensorflow():
   """The box distribution of `inception_crop` against TF's sample_distorted_bounding_box as big_vision calls it.
 
