@@ -75,6 +75,12 @@ def subprocess_timeout() -> float:
   return max(1.0, _test_deadline - time.monotonic() - SUBPROCESS_MARGIN_S)
 
 
+# For a subprocess whose results are compared only with other subprocesses of the same test (a demo run, a kill and its
+# rerun): one CPU device, as a user's run has. On 2 cores the 8 virtual devices cost ≈ 1.5× in training steps, and the
+# multi-device paths are covered by the tests that compare device counts.
+ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
 def run_cli(*args, env_extra=None) -> subprocess.CompletedProcess:
   """`evalkit <args>` in a subprocess, as a user runs it (this test session's environment plus `env_extra`)."""
   env = {**os.environ, **(env_extra or {})}

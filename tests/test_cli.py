@@ -17,7 +17,7 @@ from evalkit.probes import ridge
 from evalkit.data import pp, source
 from evalkit.models import vit
 
-from conftest import SUBPROCESS_MARGIN_S, error_lines, run_cli, subprocess_timeout
+from conftest import ONE_DEVICE, SUBPROCESS_MARGIN_S, error_lines, run_cli, subprocess_timeout
 
 MODEL_FLAGS = ["--variant=mu/7", "--pool_type=map"]
 
@@ -186,7 +186,7 @@ def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_di
 def test_demo_digits_only_variant(data_dir, tmp_path):
   """Without Fashion-MNIST the demo says how to get it, pre-trains on digits and still shows a clear in-domain gain."""
   proc = run_cli("demo", f"--results_dir={tmp_path}", f"--data_dir={data_dir}", "--noprogress",
-                 env_extra={"EVALKIT_FASHION_MNIST_DIR": str(tmp_path / "no_fashion_here")})
+                 env_extra={"EVALKIT_FASHION_MNIST_DIR": str(tmp_path / "no_fashion_here"), **ONE_DEVICE})
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "apt-get install dataset-fashion-mnist" in proc.stdout
   # The upstream model's own head on digits test (10 classes, chance 10%): far above chance after 600 steps.

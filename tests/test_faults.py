@@ -17,13 +17,14 @@ import pytest
 
 from evalkit import faults, fileio, results
 
-from conftest import subprocess_timeout
+from conftest import ONE_DEVICE, subprocess_timeout
 
 KILLED = -signal.SIGKILL
 
 
 def cli(*args, env_extra=None) -> subprocess.Popen:
-  env = {**os.environ, **(env_extra or {})}
+  """`evalkit <args>` on one device: every run of a test here is compared only with runs of the same test."""
+  env = {**os.environ, **ONE_DEVICE, **(env_extra or {})}
   return subprocess.Popen([sys.executable, "-m", "evalkit.cli", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env)
 
@@ -227,20 +228,29 @@ def _file_size_limited(limit_bytes: int):
 
 @pytest.mark.parametrize("where,limit", [("cache", 200_000), ("result", 1_000)])
 def test_a_full_disk_leaves_no_partial_file_and_one_error_line(where, limit, tmp_path, data_dir):
-  """The feature cache (12 MB of pixels) or, without a cache, the result's sidecars cannot be written."""
+  """The feature cache (12 MB of pixels) or, without a cache, the result's sidecars cannot be written: one line,
+  nothing partial; the rerun with space freed ends identical to an undisturbed run."""
   spec = tmp_path / "tiny_fewshot.toml"
   spec.write_text(FEWSHOT_SPEC)
   cache = f"--cache_dir={tmp_path / 'cache'}" if where == "cache" else "--cache_dir="
   args = [sys.executable, "-m", "evalkit.cli", "eval", "--checkpoint=pixels", f"--tasks={spec}",
           f"--data_dir={data_dir}", "--noprogress", "--noloo", f"--results_dir={tmp_path / 'results'}", cache]
+  # An undisturbed run first (it also prepares the embedded dataset, which the limited run must not have to do).
+  undisturbed = [*args[:-2], f"--results_dir={tmp_path / 'undisturbed'}", "--cache_dir="]
+  assert subprocess.run(undisturbed, capture_output=True, text=True, timeout=subprocess_timeout()).returncode == 0
   proc = subprocess.run(args, capture_output=True, text=True, timeout=subprocess_timeout(),
                         preexec_fn=_file_size_limited(limit))
   errors = [line for line in proc.stderr.splitlines() if line.startswith("evalkit: error: ")]
   assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
   assert "cannot write" in errors[0] and "File too large" in errors[0] and "Traceback" not in proc.stderr
-  written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".toml"]
+  written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".toml" and "undisturbed" not in p.parts]
   assert not [p for p in written if p.name.endswith(".tmp")], written  # no temporary left behind
   assert not results.result_files(tmp_path / "results"), written  # and no result without its sidecars
+  # Space freed (no limit): the rerun completes, with the result an undisturbed run writes.
+  rerun = subprocess.run(args, capture_output=True, text=True, timeout=subprocess_timeout())
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert_same_result(tmp_path / "undisturbed" / "pixels" / "tiny_fewshot.json",
+                     tmp_path / "results" / "pixels" / "tiny_fewshot.json")
 
 
 @pytest.mark.timeout(600)

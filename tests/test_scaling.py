@@ -10,7 +10,7 @@ from evalkit.train import flops
 from evalkit.analysis import scaling
 from evalkit.studies import sweep
 from evalkit.models import vit
-from conftest import error_lines, run_cli
+from conftest import ONE_DEVICE, error_lines, run_cli
 
 TRUE_LAW = {"a": 40.0, "b": 0.2, "c": 0.08, "d": 3e10}
 
@@ -117,7 +117,7 @@ def test_sweep_config_lengths_cells_and_validation(tmp_path, data_dir):
 def quick_sweep(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("sweep") / "quick"
   proc = run_cli("scaling", "sweep", "--quick", f"--workdir={workdir}", f"--data_dir={data_dir}", "--noprogress",
-                 "--bootstrap_samples=50")
+                 "--bootstrap_samples=50", env_extra=ONE_DEVICE)
   return {"proc": proc, "workdir": workdir}
 
 
@@ -163,7 +163,7 @@ def test_quick_sweep_resumes_and_refuses_another_config(quick_sweep, data_dir, t
   lost = sorted((workdir / "results").glob("XS_n200_s*/digits_heldout.json"))[0]
   lost.unlink()
   again = run_cli("scaling", "sweep", "--quick", f"--workdir={workdir}", f"--data_dir={data_dir}", "--noprogress",
-                  "--bootstrap_samples=50")
+                  "--bootstrap_samples=50", env_extra=ONE_DEVICE)
   assert again.returncode == 0, again.stderr[-3000:]
   status = {line.split()[0]: line.split()[1] for line in again.stdout.splitlines() if "_n" in line.split(" ")[0]}
   assert status == {"XXS_n200": "skipped", "XXS_n800": "skipped", "XS_n200": "done", "XS_n800": "skipped"}, status
