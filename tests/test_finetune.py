@@ -4,11 +4,13 @@ import math
 
 import jax
 import pytest
+import tomli_w
 
 from evalkit import distributed, evaluate, subjects, tasks
 from evalkit.adapters import finetune
-from evalkit.train import pretrain
 from evalkit.train import pretrain_configs
+
+from conftest import ONE_DEVICE, run_cli
 
 # The module's checkpoint is pre-trained in the first test that needs it (≈ 1.5 minutes alone on 2 cores).
 pytestmark = pytest.mark.timeout(600)
@@ -26,9 +28,14 @@ def digits_ckpt(data_dir, tmp_path_factory):
   """
   cfg = dataclasses.replace(pretrain_configs.digits_demo(), total_steps=400, checkpoint_every=400,
                             head_bias_init=-math.log(10))
-  run = pretrain.build_run(cfg, str(tmp_path_factory.mktemp("pre")), data_dir=data_dir, progress=False)
-  final = pretrain.train(run)["final"]
-  return subjects.resolve_subject(f"{final}.toml", name="digits_pre")
+  workdir = tmp_path_factory.mktemp("pre")
+  config = workdir.parent / "digits_pre.toml"
+  config.write_text(tomli_w.dumps({k: v for k, v in cfg.to_dict().items() if v is not None}))
+  # Pre-trained by the command line on one device (as a user would): 1.5× faster than on the 8 virtual devices.
+  proc = run_cli("pretrain", f"--config={config}", f"--workdir={workdir}", f"--data_dir={data_dir}", "--noprogress",
+                 env_extra=ONE_DEVICE)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return subjects.resolve_subject(str(workdir / "checkpoints" / "step_400.toml"), name="digits_pre")
 
 
 def settings(data_dir, tmp_path):
