@@ -197,10 +197,14 @@ class FeatureCache:
     if self._memo is None:
       try:
         memo = json.loads(self._memo_path.read_text())
+      except FileNotFoundError:  # the cache's first use
+        memo = {}
       except (OSError, ValueError):
         memo = None
-      # A memo that is not {stamp: sha256} (damaged, edited) is only a lost shortcut: start afresh.
+      # A memo that is not {stamp: sha256} (damaged, edited) is only a lost shortcut: say so and start afresh.
       valid = isinstance(memo, dict) and all(isinstance(v, str) for v in memo.values())
+      if not valid:
+        log.warning("%s is damaged; rebuilding it (dataset files are hashed again)", self._memo_path)
       self._memo = memo if valid else {}
     if stamp not in self._memo:
       self._memo[stamp] = fileio.file_sha256(path)

@@ -289,8 +289,8 @@ def test_scaling_sweep_killed_mid_cell_resumes_identical(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("memo", ["[]", "{\"x\": 5}", "{not json", ""])
-def test_a_damaged_file_hash_memo_is_rebuilt(memo, tmp_path):
-  """The cache's file-hash memo is a shortcut only: a damaged one is replaced, and hashes stay right."""
+def test_a_damaged_file_hash_memo_is_rebuilt(memo, tmp_path, caplog):
+  """The cache's file-hash memo is a shortcut only: a damaged one is reported and replaced, and hashes stay right."""
   from evalkit import features
   data = tmp_path / "shard.bin"
   data.write_bytes(b"some bytes of a dataset file")
@@ -298,6 +298,7 @@ def test_a_damaged_file_hash_memo_is_rebuilt(memo, tmp_path):
   (tmp_path / "cache" / "file_hashes.json").write_text(memo)
   cache = features.FeatureCache(tmp_path / "cache")
   assert cache.file_hash(data) == fileio.file_sha256(data)
+  assert "file_hashes.json is damaged" in caplog.text
   assert list(json.loads((tmp_path / "cache" / "file_hashes.json").read_text()).values()) == [fileio.file_sha256(data)]
 
 
