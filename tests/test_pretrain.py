@@ -15,6 +15,7 @@ from evalkit.checkpoints import cards
 from evalkit.train import flops
 from evalkit.train import optim
 from evalkit.train import pretrain
+from evalkit.train import pretrain_configs
 from evalkit.train import loop
 
 from conftest import digits_tiny_config, subprocess_timeout
@@ -94,6 +95,21 @@ def test_branch_follows_main_run_then_cools_to_zero(full_run, data_dir, tmp_path
   main30 = final_params(run.workdir, 30)
   assert any(not np.array_equal(branch[k], main30[k]) for k in branch)
 
+
+
+def test_head_bias_starts_at_minus_log_k_unless_set(data_dir, tmp_path):
+  """Unset, the head bias starts at −log(K) for the dataset's K classes (every sigmoid at 1/K); the paper's −10 (JFT's
+  −log(30k)) stays available by setting it, and an unset value survives the run's config.toml."""
+  run = pretrain.build_run(digits_tiny_config(), str(tmp_path / "default"), data_dir=data_dir, progress=False)
+  assert run.config.head_bias_init is None and run.num_classes == 10
+  bias = flat(pretrain.export_initial(run, "init"))["head/bias"]
+  np.testing.assert_allclose(bias, np.full(10, -np.log(10)), rtol=1e-6)
+  np.testing.assert_allclose(1 / (1 + np.exp(-bias)), 1 / 11, rtol=1e-6)  # sigmoid(−log K) = 1/(K+1) ≈ 1/K
+  paper = pretrain.build_run(digits_tiny_config(head_bias_init=-10.0), str(tmp_path / "paper"), data_dir=data_dir,
+                             progress=False)
+  np.testing.assert_array_equal(flat(pretrain.export_initial(paper, "init"))["head/bias"], np.full(10, -10.0, np.float32))
+  (tmp_path / "c.toml").write_text('dataset = "digits"\nlr = 1e-3\n')
+  assert pretrain_configs.load(str(tmp_path / "c.toml")).head_bias_init is None
 
 @pytest.mark.slow
 def test_first_losses_do_not_depend_on_device_count(data_dir, tmp_path):
