@@ -1,4 +1,5 @@
 """`evalkit eval` end to end on the embedded digits, as a user runs it (subprocesses, exit codes, files)."""
+import html
 import json
 import os
 import re
@@ -184,25 +185,58 @@ def test_two_processes_give_the_same_accuracies_as_one(digits_run, ckpt, data_di
 @pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_demo_digits_only_variant(data_dir, tmp_path):
-  """Without Fashion-MNIST the demo says how to get it, pre-trains on digits and still shows a clear in-domain gain."""
+  """Without Fashion-MNIST the demo says how to get it, pre-trains on digits, and its summary table and conclusion
+  say what the paired comparisons (`evalkit compare`, run apart) find: pre-training helps in-domain."""
   proc = run_cli("demo", f"--results_dir={tmp_path}", f"--data_dir={data_dir}", "--noprogress",
                  env_extra={"EVALKIT_FASHION_MNIST_DIR": str(tmp_path / "no_fashion_here"), **ONE_DEVICE})
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "apt-get install dataset-fashion-mnist" in proc.stdout
-  # The upstream model's own head on digits test (10 classes, chance 10%): far above chance after 600 steps.
-  upstream = re.search(r"its own head scores ([0-9.]+)% \(95% CI ([0-9.]+)–([0-9.]+)\) on digits test", proc.stdout)
-  assert upstream and float(upstream[2]) > 50.0, proc.stdout[-3000:]
+  # The upstream model's own head on digits test (10 classes, chance 10%): far above chance after 600 steps, and
+  # near chance at its random init.
+  upstream = re.search(r"its own head scores ([0-9.]+)% \(95% CI ([0-9.]+)–([0-9.]+)\) on digits test.*; "
+                       r"([0-9.]+)% at random init", proc.stdout)
+  assert upstream and float(upstream[2]) > 50.0 and float(upstream[4]) < 30.0, proc.stdout[-3000:]
   summary = (tmp_path / "demo" / "summary.md").read_text()
   assert upstream[0] in summary
-  assert "| pretrained |" in summary and "| random_init |" in summary and "| pixels |" in summary
-  recs = {r["checkpoint"]["name"]: r for r in results.load_all(tmp_path / "demo" / "results")}
-  assert recs["pretrained"]["headline"]["value"] > recs["random_init"]["headline"]["value"] + 0.05
-  assert recs["pretrained"]["checkpoint"]["model"] == recs["random_init"]["checkpoint"]["model"]
-  assert "report: " in proc.stdout and (tmp_path / "demo" / "report" / "leaderboard.html").exists()
-  assert "| pretrained |" in (tmp_path / "demo" / "report" / "leaderboard.md").read_text()
-  # The paired comparison finds the pre-trained checkpoint better than random init, in-domain.
-  cmp = run_cli("compare", "pretrained", "random_init", f"--results_dir={tmp_path / 'demo' / 'results'}")
-  assert cmp.returncode == 0, cmp.stderr[-2000:]
-  row = next(line for line in cmp.stdout.splitlines() if line.startswith("| digits_heldout |"))
-  p_bootstrap = float(row.split("|")[7])
-  assert p_bootstrap < 0.01, cmp.stdout
+  results_dir = tmp_path / "demo" / "results"
+  recs = {(r["checkpoint"]["name"], r["task"]["name"]): r for r in results.load_all(results_dir)}
+  assert set(recs) == {(name, "digits_heldout") for name in ("pretrained", "random_init", "pixels")} | {
+      (name, "digits_heldout_finetune") for name in ("pretrained", "random_init")}
+  pre, rand = recs["pretrained", "digits_heldout"], recs["random_init", "digits_heldout"]
+  assert pre["checkpoint"]["model"] == rand["checkpoint"]["model"]
+
+  # The summary table: one row per checkpoint, the numbers of the result files with their CIs.
+  table = summary.split("## Does pre-training help?")[1].split("\n\n")[1].splitlines()
+  assert table[0] == ("| checkpoint | upstream top-1 (own head) | 10-shot in-domain (digits_heldout) | "
+                      "fine-tune in-domain (digits_heldout_finetune) |")
+  rows = {line.split(" | ")[0].strip("| "): line.strip("|").split(" | ") for line in table[2:]}
+  assert list(rows) == ["pretrained", "random_init", "pixels"] and rows["pixels"][3].strip() == "–"
+  for name in ("pretrained", "random_init"):
+    for col, task in ((2, "digits_heldout"), (3, "digits_heldout_finetune")):
+      metric = recs[name, task]["metrics"][recs[name, task]["headline"]["metric"]]
+      assert rows[name][col].strip() == (f"{100 * metric['value']:.1f} ({100 * metric['ci95'][0]:.1f}–"
+                                         f"{100 * metric['ci95'][1]:.1f})")
+
+  # Its conclusion: every in-domain claim holds, with the Δ and CI that `evalkit compare` finds on its own.
+  conclusion = next(line for line in proc.stdout.splitlines() if line.startswith("Pre-training "))
+  assert conclusion.startswith("Pre-training helps in-domain: ") and conclusion in summary
+  for baseline, tasks_compared in (("random_init", ("digits_heldout", "digits_heldout_finetune")),
+                                   ("pixels", ("digits_heldout",))):
+    cmp = run_cli("compare", "pretrained", baseline, f"--results_dir={results_dir}")
+    assert cmp.returncode == 0, cmp.stderr[-2000:]
+    for task in tasks_compared:
+      row = next(line for line in cmp.stdout.splitlines() if line.startswith(f"| {task} |")).split("|")
+      delta, (lo, hi) = float(row[5]), (float(v) for v in row[6].split("…"))
+      assert lo > 0, cmp.stdout  # the claim: the paired 95% CI lies above 0
+      label = "10-shot in-domain" if task == "digits_heldout" else "fine-tune in-domain"
+      said = re.search(rf"{label} ([-+][0-9.]+) points vs {baseline} \(95% CI ([-+][0-9.]+)…([-+][0-9.]+)\)",
+                       conclusion)
+      assert said, conclusion
+      np.testing.assert_allclose([float(v) for v in said.groups()], [delta, lo, hi], atol=0.051)  # 0.1 vs 0.01 digits
+  assert pre["headline"]["value"] > rand["headline"]["value"] + 0.05
+
+  # The report opens with the same table and line.
+  page = (tmp_path / "demo" / "report" / "leaderboard.html").read_text()
+  assert "report: " in proc.stdout and page.index('class="summary"') < page.index('id="board"')
+  assert html.escape(conclusion) in page
+  assert (tmp_path / "demo" / "report" / "leaderboard.md").read_text().startswith("## Does pre-training help?")

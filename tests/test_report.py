@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from evalkit import distributed, evaluate, results, subjects, tasks
-from evalkit.analysis import compare
-from evalkit.report import leaderboard
+from evalkit.analysis import compare, pretraining_gain
+from evalkit.analysis.pretraining_gain import Column
+from evalkit.report import leaderboard, plotting, tables
 
 from conftest import subprocess_timeout
 
@@ -145,3 +146,77 @@ def test_published_number_only_beside_a_result_of_the_same_protocol(results_dir)
   record["task"]["spec_hash"] = "0123456789abcdef"  # e.g. the same name with 5 seeds or another resolution
   (cell,) = leaderboard.build([record]).cells.values()
   assert cell.published is None
+
+
+def _headline_accuracy(results_dir, name, task) -> float:
+  """The 10-shot accuracy straight from the stored per-item predictions (mean over the 10-shot episodes)."""
+  items = results.load_items(results.result_path(results_dir, name, task))
+  keep = results.episodes_of(items, "10shot")
+  return float(np.mean(items["predictions"][keep] == items["test_labels"][None]))
+
+
+def test_pretraining_gain_verdicts_table_and_conclusion(results_dir, tmp_path):
+  """Pixels play "pre-trained" against two random-init ViTs: Δ per column equals the difference of accuracies read
+  from the stored predictions, every verdict is "better", and the table opens the Markdown and HTML reports."""
+  columns = [Column("10-shot in-domain", "digits_heldout", in_domain=True),
+             Column("10-shot far", "digits", in_domain=False)]
+  found = pretraining_gain.gains(results_dir, "pixels", columns, ["vit_seed0", "vit_seed1"])
+  assert [(g.column.task, g.baseline) for g in found] == [(task, baseline) for task in ("digits_heldout", "digits")
+                                                          for baseline in ("vit_seed0", "vit_seed1")]
+  for g in found:
+    expected = (_headline_accuracy(results_dir, "pixels", g.column.task)
+                - _headline_accuracy(results_dir, g.baseline, g.column.task))
+    assert g.comparison.delta == pytest.approx(expected, abs=1e-9) and expected > 0.2
+    lo, hi = g.comparison.ci95
+    assert 0 < lo < expected < hi and g.verdict == "better"
+  line = pretraining_gain.conclusion(found, "digits")
+  assert line.startswith("Pre-training helps in-domain: 10-shot in-domain +") and "it transfers there too" in line
+
+  # The other way round, every comparison is "worse"; against itself, Δ = 0 is no clear difference.
+  back = pretraining_gain.gains(results_dir, "vit_seed0", columns, ["pixels"])
+  assert {g.verdict for g in back} == {"worse"}
+  line = pretraining_gain.conclusion(back, "digits")
+  assert line.startswith("Pre-training did NOT clearly help in-domain") and "does not transfer there" in line
+  (same,) = pretraining_gain.gains(results_dir, "vit_seed0", columns[:1], ["vit_seed0"])
+  assert same.comparison.delta == 0 and same.verdict == "no clear difference"
+  assert pretraining_gain.in_domain_shortfalls(found) == [] and pretraining_gain.in_domain_shortfalls(back) == back[:1]
+
+  table = tables.pretraining_summary(results_dir, ["pixels", "vit_seed0", "no_results"], columns, found,
+                                     upstream={"pixels": "n/a"}, far_dataset="digits")
+  record = results.load(results_dir / "pixels" / "digits.json")["metrics"]["10shot"]
+  assert table.rows[0][:2] == ["pixels", "n/a"] and table.rows[2] == ["no_results", "–", "–", "–"]
+  assert table.rows[0][3] == (f"{100 * record['value']:.1f} ({100 * record['ci95'][0]:.1f}–"
+                              f"{100 * record['ci95'][1]:.1f})")
+  paths = leaderboard.write(results_dir, tmp_path, lead=table)
+  md = paths["markdown"].read_text()
+  assert md.startswith("## Does pre-training help?") and table.conclusion in md
+  page = paths["html"].read_text()
+  assert page.index('class="summary"') < page.index('id="board"')
+  dom, console = chromium(paths["html"].as_uri())
+  assert console == [] and "Pre-training helps in-domain" in dom
+
+
+def test_one_colour_per_checkpoint_in_every_figure(results_dir, monkeypatch):
+  """Every line or point drawn for a checkpoint, in every figure, has that checkpoint's colour, and no two
+  checkpoints share one."""
+  import matplotlib.colors
+  figures = []
+  monkeypatch.setattr(plotting, "png_bytes", lambda fig, dpi=90: figures.append(fig) or b"")
+  records = results.load_all(results_dir)
+  fake_ft = dict(results.load(results_dir / "pixels" / "digits.json"), protocol="finetune")  # a second protocol:
+  titles = [t for t, _ in leaderboard.plots(records + [fake_ft])]                            # the scatter appears
+  assert len(figures) == len(titles) >= 2
+  colors = leaderboard.checkpoint_colors(r["checkpoint"]["name"] for r in records)
+  seen = {}
+  for fig in figures:
+    for ax in fig.axes:
+      for line in ax.get_lines():
+        name = line.get_label().split(" (ECE")[0]
+        if name in colors:
+          seen.setdefault(name, set()).add(matplotlib.colors.to_hex(line.get_color()))
+      for points, text in zip(ax.collections, [t.get_text() for t in ax.texts]):
+        seen.setdefault(text, set()).add(matplotlib.colors.to_hex(points.get_facecolor()[0]))
+  assert set(seen) == set(colors)
+  assert all(len(c) == 1 for c in seen.values()), seen
+  assert len({next(iter(c)) for c in seen.values()}) == len(colors)
+  assert {n: next(iter(c)) for n, c in seen.items()} == {n: matplotlib.colors.to_hex(c) for n, c in colors.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evalkit import fileio, metrics, results, tasks
 from evalkit.checkpoints import cards
-from evalkit.report import plotting, scaling_view
+from evalkit.report import plotting, scaling_view, tables
 
 HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
 
@@ -188,11 +188,18 @@ def _shot_curve(record: dict) -> list[tuple[int, float]]:
   return sorted(pairs)
 
 
+def checkpoint_colors(names) -> dict[str, str]:
+  """One colour per checkpoint, the same in every figure (matplotlib's cycle C0…C9, in the given order; beyond ten
+  checkpoints colours repeat)."""
+  return {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(names))}
+
+
 def plots(records: list[dict]) -> list[tuple[str, str]]:
   """(title, PNG data URI): accuracy vs shots for every task with k-shot metrics; the mean headline of one protocol
-  against another's per checkpoint (e.g. few-shot vs fine-tune)."""
+  against another's per checkpoint (e.g. few-shot vs fine-tune). A checkpoint has one colour in all of them."""
   plt = plotting.pyplot()
   out = []
+  colors = checkpoint_colors(r["checkpoint"]["name"] for r in records)
   curves = [(r, _shot_curve(r)) for r in records]
   curves = [(r, c) for r, c in curves if len(c) > 1]
   task_names = sorted({r["task"]["name"] for r, _ in curves})
@@ -201,14 +208,15 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
     for ax, task in zip(axes[0], task_names):
       for r, curve in ((r, c) for r, c in curves if r["task"]["name"] == task):
         shots = [k for k, _ in curve]
-        ax.plot(shots, [100 * v for _, v in curve], marker="o", label=r["checkpoint"]["name"])
+        ax.plot(shots, [100 * v for _, v in curve], marker="o", label=r["checkpoint"]["name"],
+                color=colors[r["checkpoint"]["name"]])
       ax.set(xscale="log", xlabel="shots per class", ylabel="accuracy %", title=task)
       ax.set_xticks(shots, [str(k) for k in shots])
     if len({r["checkpoint"]["name"] for r, _ in curves}) <= 12:  # beyond that a legend hides the plot
       axes[0][0].legend(fontsize=8)
     out.append(("Few-shot accuracy vs shots", plotting.data_uri(plotting.png_bytes(fig))))
     plt.close(fig)
-  out.extend(_reliability_plots(records, plt))
+  out.extend(_reliability_plots(records, plt, colors))
   by_checkpoint = collections.defaultdict(lambda: collections.defaultdict(list))
   for r in records:
     if r["headline"]["value"] is not None:
@@ -221,7 +229,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
       fig, ax = plt.subplots(figsize=(4, 3.2))
       for name, d in pairs:
         x, y = 100 * sum(d[px]) / len(d[px]), 100 * sum(d[py]) / len(d[py])
-        ax.scatter([x], [y])
+        ax.scatter([x], [y], color=colors[name])
         ax.annotate(name, (x, y), fontsize=8)
       ax.set(xlabel=f"mean {px} headline %", ylabel=f"mean {py} headline %", title=f"{px} vs {py}")
       out.append((f"{px} vs {py}", plotting.data_uri(plotting.png_bytes(fig))))
@@ -229,7 +237,7 @@ def plots(records: list[dict]) -> list[tuple[str, str]]:
   return out
 
 
-def _reliability_plots(records: list[dict], plt) -> list[tuple[str, str]]:
+def _reliability_plots(records: list[dict], plt, colors: dict[str, str]) -> list[tuple[str, str]]:
   """Reliability diagrams (accuracy vs confidence per bin, ECE in the legend) of every probabilistic headline."""
   found = []
   for r in records:
@@ -246,7 +254,7 @@ def _reliability_plots(records: list[dict], plt) -> list[tuple[str, str]]:
     for r, m in ((r, m) for r, m in found if r["task"]["name"] == task):
       bins = m["reliability"]
       pts = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"]) if c is not None]
-      ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", markersize=3,
+      ax.plot([c for c, _ in pts], [a for _, a in pts], marker="o", markersize=3, color=colors[r["checkpoint"]["name"]],
               label=f"{r['checkpoint']['name']} (ECE {100 * m['ece']:.1f}%)")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy", title=task)
     ax.legend(fontsize=7)
@@ -261,7 +269,7 @@ def _reliability_plots(records: list[dict], plt) -> list[tuple[str, str]]:
 _CSS = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}
 td:first-child,th:first-child{text-align:left}.ci{color:#777;font-size:85%}.pub{color:#36c;font-size:85%}
-.mismatch{background:#fde2e2}.rank1{font-weight:bold}img{max-width:100%;margin:1em 0}"""
+.mismatch{background:#fde2e2}.rank1{font-weight:bold}img{max-width:100%;margin:1em 0}.conclusion{max-width:60em}"""
 
 # Sorting by clicking a header (again: reverse); `#sort=<column>:<asc|desc>` in the URL sorts on load.
 _JS = """function sortTable(col, desc){const tb=document.querySelector('#board tbody');
@@ -279,8 +287,10 @@ def _script_json(text: str) -> str:
   return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def html_page(board: Board, title: str = "evalkit leaderboard", studies=()) -> str:
-  """The page; `studies` (analysis.scaling results, fitted by the caller) add a scaling section."""
+def html_page(board: Board, title: str = "evalkit leaderboard", studies=(),
+              lead: tables.SummaryTable | None = None) -> str:
+  """The page; `studies` (analysis.scaling results, fitted by the caller) add a scaling section; `lead`, a summary
+  table with its conclusion, opens the page."""
   esc = html.escape
   columns = board.all_columns()
   head = "".join(f"<th>{esc(t)}<br><small>{esc(m)}</small></th>" for t, m in columns)
@@ -303,22 +313,25 @@ def html_page(board: Board, title: str = "evalkit leaderboard", studies=()) -> s
   data = json.dumps([{"checkpoint": r, "task": t, "metric": m, "value": c.value, "rank": c.rank}
                      for (r, (t, m)), c in board.cells.items()])
   return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{esc(title)}</title><style>{_CSS}</style>"
-          f"</head><body><h1>{esc(title)}</h1><p>Accuracy % with 95% CI; click a column to sort. Red cells were "
+          f"</head><body><h1>{esc(title)}</h1>{lead.html() if lead else ''}"
+          f"<p>Accuracy % with 95% CI; click a column to sort. Red cells were "
           f"computed under another task spec than their column's and are not ranked.</p>"
           f"<table id=\"board\"><thead><tr><th>checkpoint</th>{head}</tr></thead><tbody>{''.join(body)}</tbody>"
           f"</table>{figures}<script type=\"application/json\" id=\"data\">{_script_json(data)}</script>"
           f"<script>{_JS}</script></body></html>")
 
 
-def write(results_dir, out_dir, studies=(), records=None) -> dict[str, Path]:
+def write(results_dir, out_dir, studies=(), records=None, lead: tables.SummaryTable | None = None) -> dict[str, Path]:
   """leaderboard.md, leaderboard.csv and leaderboard.html in `out_dir`; returns their paths. The page includes a
   scaling section (plots, fitted law, claims) for the given `studies` (analysis.scaling, fitted by the caller).
-  `records`: the directory's results when the caller has loaded them already."""
+  `records`: the directory's results when the caller has loaded them already. `lead`: a summary table that opens
+  the page and the Markdown file."""
   board = build(records if records is not None else results.load_all(results_dir))
   out_dir = Path(out_dir)
   paths = {"markdown": out_dir / "leaderboard.md", "csv": out_dir / "leaderboard.csv",
            "html": out_dir / "leaderboard.html"}
-  pages = (("markdown", markdown(board)), ("csv", csv_text(board)), ("html", html_page(board, studies=studies)))
+  pages = (("markdown", (lead.markdown() + "\n" if lead else "") + markdown(board)), ("csv", csv_text(board)),
+           ("html", html_page(board, studies=studies, lead=lead)))
   for kind, text in pages:
     data = text.encode()
     fileio.atomic_write(paths[kind], lambda f, d=data: f.write(d))

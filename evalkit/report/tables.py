@@ -1,5 +1,34 @@
-"""Reports from result records: Markdown tables of few-shot accuracies (mean ± std over seeds) and fine-tunes."""
+"""Reports from result records: Markdown tables of few-shot accuracies (mean ± std over seeds) and fine-tunes, and
+the small summary table (rows, columns, one conclusion) that opens a report."""
 from __future__ import annotations
+
+import dataclasses
+import html
+from collections.abc import Sequence
+
+from evalkit import results
+from evalkit.analysis import pretraining_gain
+
+
+@dataclasses.dataclass
+class SummaryTable:
+  """A table a reader sees first, then one line saying what to conclude from it."""
+  title: str
+  header: list[str]
+  rows: list[list[str]]
+  conclusion: str
+
+  def markdown(self) -> str:
+    lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
+    lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+    return f"## {self.title}\n\n" + "\n".join(lines) + f"\n\n{self.conclusion}\n"
+
+  def html(self) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in self.header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in self.rows)
+    return (f"<h2>{esc(self.title)}</h2><table class=\"summary\"><thead><tr>{head}</tr></thead><tbody>{body}"
+            f"</tbody></table><p class=\"conclusion\"><b>{esc(self.conclusion)}</b></p>")
 
 
 def _cell(metric: dict | None) -> str:
@@ -40,3 +69,28 @@ def finetune_markdown(records: list[dict]) -> str:
     ci = f"{100 * top1['ci95'][0]:.1f}–{100 * top1['ci95'][1]:.1f}" if top1 else "–"
     lines.append(f"| {r['checkpoint']['name']} | {r['task']['name']} | {value} | {ci} | {r['chosen_lr']} | {curve} |")
   return "\n".join(lines) + "\n"
+
+
+def _headline_with_ci(record: dict | None) -> str:
+  if record is None:
+    return "–"
+  metric = record["metrics"][record["headline"]["metric"]]
+  ci = metric.get("ci95")
+  return f"{100 * metric['value']:.1f}" + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else "")
+
+
+def pretraining_summary(results_dir, checkpoints: Sequence[str], columns: Sequence[pretraining_gain.Column],
+                        found: list[pretraining_gain.Gain], *, upstream: dict[str, str],
+                        far_dataset: str | None = None) -> SummaryTable:
+  """Does pre-training help? One row per checkpoint: its upstream top-1 (`upstream`, preformatted; "–" where none),
+  then each column's headline with its 95% CI; under it, `pretraining_gain.conclusion` of the comparisons."""
+  header = ["checkpoint", "upstream top-1 (own head)"] + [f"{c.label} ({c.task})" for c in columns]
+  rows = []
+  for name in checkpoints:
+    cells = [name, upstream.get(name, "–")]
+    for c in columns:
+      path = results.result_path(results_dir, name, c.task)
+      cells.append(_headline_with_ci(results.load(path) if path.exists() else None))
+    rows.append(cells)
+  return SummaryTable("Does pre-training help? Top-1 % (95% CI)", header, rows,
+                      pretraining_gain.conclusion(found, far_dataset))
