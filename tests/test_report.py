@@ -220,3 +220,21 @@ def test_one_colour_per_checkpoint_in_every_figure(results_dir, monkeypatch):
   assert all(len(c) == 1 for c in seen.values()), seen
   assert len({next(iter(c)) for c in seen.values()}) == len(colors)
   assert {n: next(iter(c)) for n, c in seen.items()} == {n: matplotlib.colors.to_hex(c) for n, c in colors.items()}
+
+
+@pytest.mark.parametrize("far_cis, words", [
+    ([(0.01, 0.02)], "it transfers there too"),
+    ([(-0.02, -0.01)], "it does not transfer there: the baselines do better"),
+    ([(-0.02, -0.01), (-0.01, 0.01)], "it does not transfer there: the baselines do as well or better"),
+    ([(-0.01, 0.01)], "no clear difference there"),
+    ([(0.01, 0.02), (-0.02, -0.01)], "the gain carries over only in part"),
+])
+def test_conclusion_words_follow_the_verdicts(far_cis, words):
+  def gain(in_domain, lo, hi):
+    row = compare.TaskComparison("t", "top1", 0.5, 0.5, (lo + hi) / 2, (lo, hi), 1.0, 1.0, 0, 0, 0.01)
+    return pretraining_gain.Gain(Column("10-shot", "t", in_domain), "random_init", row)
+  line = pretraining_gain.conclusion([gain(True, 0.01, 0.02)] + [gain(False, *ci) for ci in far_cis], "digits")
+  assert line.startswith("Pre-training helps in-domain: 10-shot +1.5 points vs random_init (95% CI +1.0…+2.0).")
+  assert f"Far (digits): {words} — " in line
+  assert pretraining_gain.conclusion([gain(True, -0.01, 0.02)], None).startswith(
+      "Pre-training did NOT clearly help in-domain: 10-shot +0.5 points")

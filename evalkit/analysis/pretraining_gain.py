@@ -67,8 +67,13 @@ def conclusion(found: list[Gain], far_dataset: str | None) -> str:
   line += "; ".join(g.text() for g in in_domain) + "."
   if far:
     verdicts = {g.verdict for g in far}
-    how = ("it transfers there too" if verdicts == {"better"} else
-           "it does not transfer there: the baselines do better" if verdicts == {"worse"} else
-           "the gain does not clearly carry over")
-    line += f" Far transfer ({far_dataset}): {how} — " + "; ".join(g.text() for g in far) + "."
+    if verdicts == {"better"}:
+      how = "it transfers there too"
+    elif "worse" in verdicts and "better" not in verdicts:
+      how = "it does not transfer there: the baselines do " + ("better" if verdicts == {"worse"} else "as well or better")
+    elif verdicts == {"no clear difference"}:
+      how = "no clear difference there"
+    else:
+      how = "the gain carries over only in part"
+    line += f" Far ({far_dataset}): {how} — " + "; ".join(g.text() for g in far) + "."
   return line
