@@ -1,13 +1,21 @@
-"""What every adapter on frozen features shares: the task's train/test features, extracted once and cached."""
+"""What every adapter on frozen features shares: the task's train/test features, extracted once and cached, and
+the template of a probe that fits one model per name (kNN, linear probe, full-data ridge): `run_probe`.
+
+Such an adapter supplies only its config and `fit(config, train) -> Fitted`; the template extracts the features,
+scores the fitted probe on the test split and on every extra test set, computes the metrics, the per-item
+predictions and the Outcome.
+"""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Callable
 
 import jax
 import numpy as np
 
-from evalkit import distributed, features
+from evalkit import distributed, features, results
+from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests
 from evalkit.adapters.registry import EvalSettings, Outcome
 from evalkit.data import pp as pp_lib
@@ -76,3 +84,55 @@ def outcome(subject, featurizer, readers, image_size, feats, timings, **fields) 
 def local_mesh():
   """Every process holds all features after extraction; probes solve on this process's devices, identically."""
   return distributed.data_mesh(jax.local_devices())
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSet:
+  """What a probe is fitted on: the train split's features, labels and example ids, and the devices to solve on."""
+  x: np.ndarray
+  labels: np.ndarray
+  ids: np.ndarray
+  num_classes: int
+  mesh: object
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+  """A fitted probe's output on n images: per model name, (n, k) classes best first (column 0 is the prediction)
+  and, where the probe has them, class probabilities (for calibration metrics)."""
+  top: dict[str, np.ndarray]
+  probabilities: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+  """What an adapter's `fit` returns: how the probe ranks classes for any features, and what the record says about
+  the fit (`details`: chosen hyper-parameters, curves; `manifest`: which training examples chose them)."""
+  rank: Callable[[np.ndarray], Ranked]
+  details: dict
+  manifest: dict | None = None
+
+
+def run_probe(subject, task, settings: EvalSettings, mesh, fit: Callable[[object, TrainSet], Fitted], *,
+              check_train: Callable[[int, int | None], None] | None = None) -> Outcome:
+  """The frozen-feature protocol around `fit`: features, the fit (timed as `<protocol>_s`, with the test split's
+  ranking), classification metrics per model name, the extra test sets' top-1, per-item predictions."""
+  feats, featurizer, cache, readers, image_size, timings = open_features(subject, task, settings, mesh,
+                                                                         check_train=check_train)
+  t1 = time.perf_counter()
+  train, test = feats["train"], feats["test"]
+  num_classes = readers["train"].num_classes
+  fitted = fit(task.config, TrainSet(train.x, train.labels, train.ids, num_classes, local_mesh()))
+  ranked = fitted.rank(test.x)
+  timings[f"{task.protocol}_s"] = time.perf_counter() - t1
+  metrics = {}
+  for name, top in ranked.top.items():
+    metrics.update(metrics_lib.classification_metrics(name, top[:, 0], test.labels, num_classes, top_indices=top,
+                                                      probabilities=ranked.probabilities.get(name)))
+  extras = score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
+                             lambda x: {name: top[:, 0] for name, top in fitted.rank(x).top.items()})
+  names = list(ranked.top)
+  return outcome(subject, featurizer, readers, image_size, feats, timings, metrics=metrics, details=fitted.details,
+                 extra_tests=extras, manifest=fitted.manifest and {"task": task.name, **fitted.manifest},
+                 items=results.make_items(test.ids, test.labels, names, [ranked.top[n][:, 0] for n in names],
+                                          top_classes=[ranked.top[n] for n in names]))

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 
 from evalkit import metrics as metrics_lib
-from evalkit import results
 from evalkit.adapters import frozen
 from evalkit.adapters.registry import (EvalSettings, Outcome, SplitTooSmall, check_distinct_positive,
                                        register_adapter)
@@ -43,28 +41,16 @@ def _check_train(ks, size: int, num_classes: int | None) -> None:
                         f"but the train split has {size}: use ks ≤ {size} or a larger train_split")
 
 
+def fit(cfg: KnnConfig, train: frozen.TrainSet) -> frozen.Fitted:
+  """Nothing to fit: each image's neighbours are searched among the train rows when it is ranked."""
+  def rank(x):
+    ranked = knn.knn_suite(train.x, train.labels, x, train.num_classes, cfg.ks, cfg.temperature, mesh=train.mesh)
+    return frozen.Ranked({name: ranked[name] for name in _base_names(cfg)})
+  return frozen.Fitted(rank, details={"n_neighbours_searched": min(max(cfg.ks), len(train.x))})
+
+
 @register_adapter("knn", KnnConfig, headline=lambda c: f"{c.headline_k}nn",
                   metric_names=lambda c: [m for b in _base_names(c) for m in (b, *metrics_lib.derived_names(b))])
 def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
-  cfg = task.config
-  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(
-      subject, task, settings, mesh, check_train=functools.partial(_check_train, cfg.ks))
-  t1 = time.perf_counter()
-  train, test = feats["train"], feats["test"]
-  num_classes = readers["train"].num_classes
-  suite = lambda x: knn.knn_suite(train.x, train.labels, x, num_classes, cfg.ks, cfg.temperature,
-                                  mesh=frozen.local_mesh())
-  ranked = suite(test.x)
-  timings["knn_s"] = time.perf_counter() - t1
-  metrics = {}
-  for name in _base_names(cfg):
-    metrics.update(metrics_lib.classification_metrics(name, ranked[name][:, 0], test.labels, num_classes,
-                                                      top_indices=ranked[name]))
-  names = _base_names(cfg)
-  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
-                                    lambda x: {n: r[:, 0] for n, r in suite(x).items()})
-  return frozen.outcome(
-      subject, featurizer, readers, image_size, feats, timings, metrics=metrics,
-      details={"n_neighbours_searched": min(max(cfg.ks), len(train.x))}, extra_tests=extras,
-      items=results.make_items(test.ids, test.labels, names, [ranked[n][:, 0] for n in names],
-                               top_classes=[ranked[n] for n in names]))
+  return frozen.run_probe(subject, task, settings, mesh, fit,
+                          check_train=functools.partial(_check_train, task.config.ks))

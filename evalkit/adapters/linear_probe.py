@@ -8,12 +8,10 @@ per-class and expected calibration error of the softmax probabilities.
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import numpy as np
 
 from evalkit import metrics as metrics_lib
-from evalkit import results
 from evalkit.adapters import frozen
 from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.probes import logistic
@@ -34,40 +32,35 @@ class LinearProbeConfig:
       raise ValueError("max_iter and tol must be positive")
 
 
-@register_adapter("linear_probe", LinearProbeConfig, headline=lambda c: "top1",
-                  metric_names=lambda c: ["top1", *metrics_lib.derived_names("top1")])
-def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
-  cfg = task.config
-  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
-  t1 = time.perf_counter()
-  train, test = feats["train"], feats["test"]
-  num_classes = readers["train"].num_classes
+def fit(cfg: LinearProbeConfig, train: frozen.TrainSet) -> frozen.Fitted:
+  """One model per C on the train split minus its held-out tail, warm-started along the path; the C with the best
+  held-out top-1 (first maximum: the smallest such C) refit on the whole train split."""
   fit_pos, val_pos = frozen.held_out(len(train.x), cfg.val_fraction)
   solve = dict(max_iter=cfg.max_iter, tol=cfg.tol)
   grid = sorted(cfg.C_grid)
-  problem = logistic.LogisticProblem(train.x[fit_pos], train.labels[fit_pos], num_classes, mesh=frozen.local_mesh())
+  problem = logistic.LogisticProblem(train.x[fit_pos], train.labels[fit_pos], train.num_classes, mesh=train.mesh)
   path = logistic.logistic_path(problem, grid, **solve)
   val_y = train.labels[val_pos]
   curve = []
   for C, params, iters in zip(grid, path, problem.iterations):
     val_logits = logistic.scores(params, train.x[val_pos])
     curve.append({"C": C, "val_top1": float(np.mean(val_logits.argmax(axis=1) == val_y)), "iterations": iters})
-  best = int(np.argmax([row["val_top1"] for row in curve]))  # first maximum: the smallest such C
+  best = int(np.argmax([row["val_top1"] for row in curve]))
   del problem  # its rows leave the devices before the whole train split goes on
-  full = logistic.LogisticProblem(train.x, train.labels, num_classes, mesh=frozen.local_mesh())
+  full = logistic.LogisticProblem(train.x, train.labels, train.num_classes, mesh=train.mesh)
   params = full.fit(grid[best], path[best], **solve)
-  logits = logistic.scores(params, test.x)
-  timings["linear_probe_s"] = time.perf_counter() - t1
-  top = metrics_lib.top_classes(logits)
-  metrics = metrics_lib.classification_metrics("top1", top[:, 0], test.labels, num_classes, top_indices=top,
-                                               probabilities=logistic.softmax(logits))
-  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
-                                    lambda x: {"top1": logistic.scores(params, x).argmax(axis=1)})
-  return frozen.outcome(
-      subject, featurizer, readers, image_size, feats, timings, metrics=metrics,
-      details={"chosen_C": grid[best], "val_curve": curve, "final_iterations": full.iterations[-1],
-               "n_fit": len(fit_pos), "n_val": len(val_pos)},
-      extra_tests=extras,
-      manifest={"task": task.name, "note": "absolute example ids of the C-selection split; the chosen C is refit on "
-                "every train example", "val_ids": [int(train.ids[val_pos[0]]), int(train.ids[val_pos[-1]]) + 1]},
-      items=results.make_items(test.ids, test.labels, ["top1"], [top[:, 0]], top_classes=[top]))
+
+  def rank(x):
+    logits = logistic.scores(params, x)
+    return frozen.Ranked({"top1": metrics_lib.top_classes(logits)}, {"top1": logistic.softmax(logits)})
+  return frozen.Fitted(
+      rank, details={"chosen_C": grid[best], "val_curve": curve, "final_iterations": full.iterations[-1],
+                     "n_fit": len(fit_pos), "n_val": len(val_pos)},
+      manifest={"note": "absolute example ids of the C-selection split; the chosen C is refit on every train example",
+                "val_ids": [int(train.ids[val_pos[0]]), int(train.ids[val_pos[-1]]) + 1]})
+
+
+@register_adapter("linear_probe", LinearProbeConfig, headline=lambda c: "top1",
+                  metric_names=lambda c: ["top1", *metrics_lib.derived_names("top1")])
+def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
+  return frozen.run_probe(subject, task, settings, mesh, fit)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import jax
 import numpy as np
 
 from evalkit import metrics as metrics_lib
-from evalkit import results
 from evalkit.adapters import frozen
 from evalkit.adapters.registry import EvalSettings, Outcome, check_distinct_positive, register_adapter
 from evalkit.probes import ridge, ridge_full
@@ -43,32 +41,24 @@ def process_rows(n: int, block_rows: int) -> slice:
   return slice(min(n, p * per * block_rows), min(n, (p + 1) * per * block_rows))
 
 
-@register_adapter("ridge_full", RidgeFullConfig, headline=lambda c: "top1", unhashed=("block_rows",),
-                  metric_names=lambda c: ["top1", *metrics_lib.derived_names("top1")])
-def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
-  cfg = task.config
-  feats, featurizer, cache, readers, image_size, timings = frozen.open_features(subject, task, settings, mesh)
-  t1 = time.perf_counter()
-  train, test = feats["train"], feats["test"]
-  num_classes = readers["train"].num_classes
+def fit(cfg: RidgeFullConfig, train: frozen.TrainSet) -> frozen.Fitted:
+  """This process's blocks of train rows streamed twice (column moments, then the whitened Gram statistics); λ by
+  generalised cross-validation over the grid."""
   mine = process_rows(len(train.x), cfg.block_rows)
   step = 16 * cfg.block_rows
   spans = [(s, min(s + step, mine.stop)) for s in range(mine.start, mine.stop, step)]
   mean, std = ridge_full.column_moments(lambda: (train.x[a:b] for a, b in spans), ridge.STD_EPS)
-  acc = ridge_full.GramAccumulator(train.x.shape[1], num_classes, mesh=frozen.local_mesh(),
-                                   block_rows=cfg.block_rows)
+  acc = ridge_full.GramAccumulator(train.x.shape[1], train.num_classes, mesh=train.mesh, block_rows=cfg.block_rows)
   for a, b in spans:
     acc.add(ridge_full.whiten(train.x[a:b], mean, std), train.labels[a:b])
-  fit = ridge_full.whitened_fit(acc.finish(), mean, std, sorted(cfg.l2_grid), bias_feature=ridge.BIAS_FEATURE)
-  scores = fit.scores(test.x)
-  timings["ridge_full_s"] = time.perf_counter() - t1
-  top = metrics_lib.top_classes(scores)
-  metrics = metrics_lib.classification_metrics("top1", top[:, 0], test.labels, num_classes, top_indices=top)
-  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
-                                    lambda x: {"top1": fit.scores(x).argmax(axis=1)})
-  return frozen.outcome(
-      subject, featurizer, readers, image_size, feats, timings, metrics=metrics,
-      details={"chosen_l2_reg": fit.l2_reg, "gcv_curve": [{"l2_reg": lam, "gcv": g}
-                                                          for lam, g in zip(sorted(cfg.l2_grid), fit.gcv)]},
-      extra_tests=extras,
-      items=results.make_items(test.ids, test.labels, ["top1"], [top[:, 0]], top_classes=[top]))
+  solved = ridge_full.whitened_fit(acc.finish(), mean, std, sorted(cfg.l2_grid), bias_feature=ridge.BIAS_FEATURE)
+  return frozen.Fitted(
+      lambda x: frozen.Ranked({"top1": metrics_lib.top_classes(solved.scores(x))}),
+      details={"chosen_l2_reg": solved.l2_reg,
+               "gcv_curve": [{"l2_reg": lam, "gcv": g} for lam, g in zip(sorted(cfg.l2_grid), solved.gcv)]})
+
+
+@register_adapter("ridge_full", RidgeFullConfig, headline=lambda c: "top1", unhashed=("block_rows",),
+                  metric_names=lambda c: ["top1", *metrics_lib.derived_names("top1")])
+def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
+  return frozen.run_probe(subject, task, settings, mesh, fit)
