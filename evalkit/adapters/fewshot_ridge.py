@@ -11,16 +11,13 @@ import functools
 import math
 import time
 
-import jax
 import numpy as np
 
-from evalkit import distributed, features, results
+from evalkit import results
 from evalkit import metrics as metrics_lib
 from evalkit.adapters import extra_tests, frozen
 from evalkit.adapters.registry import (EvalSettings, Outcome, SplitTooSmall, check_distinct_positive,
                                        register_adapter)
-from evalkit.data import pp as pp_lib
-from evalkit.data import source
 from evalkit.probes import ridge
 
 
@@ -60,20 +57,18 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   t1 = time.perf_counter()
   train, test = feats["train"], feats["test"]
   num_classes = readers["train"].num_classes
-  # Every process holds all features now; each solves the (cheap) ridge on its own devices, identically.
-  local_mesh = distributed.data_mesh(jax.local_devices())
-  probe = ridge.RidgeProbe(train.x, train.labels, test.x, test.labels, num_classes=num_classes, mesh=local_mesh)
+  probe = ridge.RidgeProbe(train.x, train.labels, test.x, test.labels, num_classes=num_classes,
+                           mesh=frozen.local_mesh())
   grid = ridge.LOO_L2_GRID if settings.loo else None
   episodes = probe.run(cfg.shots, cfg.seeds, l2_reg=cfg.l2_reg, l2_grid=grid)
   timings["fewshot_s"] = time.perf_counter() - t1
-  extras = _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh)
+  extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
+                                    functools.partial(_predict_per_seed, cfg, train, num_classes),
+                                    metric=extra_tests.fewshot_metric)
   keys = [f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]
-  return Outcome(
+  return frozen.outcome(
+      subject, featurizer, readers, image_size, feats, timings,
       metrics=_metrics(episodes, test.labels, num_classes),
-      checkpoint={**subject.describe(image_size), "featurizer": featurizer.identity},
-      dataset=source.dataset_fingerprint(readers["test"]),
-      data={"image_size": list(image_size), "num_classes": num_classes, "n_train": len(train.x),
-            "n_test": len(test.x), "feature_dim": int(train.x.shape[1])},
       details={"episodes": [{"shots": ep.shots, "seed": ep.seed, "l2_reg": ep.l2_reg, "accuracy": ep.accuracy,
                              "loo_l2_reg": ep.loo_l2_reg, "loo_accuracy": ep.loo_accuracy,
                              "loo_errors": ep.loo_errors} for ep in episodes],
@@ -83,8 +78,7 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
                 "note": "absolute example indices (in the base split) of each k-shot set, in class-then-draw order",
                 "episodes": {key: train.ids[ep.train_positions].tolist() for key, ep in zip(keys, episodes)}},
       items=results.make_items(test.ids, test.labels, keys, [ep.predictions for ep in episodes],
-                               top_classes=[ep.top_classes for ep in episodes]),
-      timings=timings)
+                               top_classes=[ep.top_classes for ep in episodes]))
 
 
 def _metrics(episodes, labels, num_classes) -> dict:
@@ -99,19 +93,9 @@ def _metrics(episodes, labels, num_classes) -> dict:
   return out
 
 
-def _extra_tests(task, settings, train, num_classes, featurizer, cache, mesh, local_mesh) -> dict:
-  """Every episode's probe (same k-shot sets, same λ) scored on each extra test set of the task."""
-  cfg, out = task.config, {}
-  for opened in extra_tests.open_all(task, settings.data_dir, num_classes):
-    feats = features.cached_extract(featurizer, opened.reader, pp_lib.parse(opened.pp),
-                                    dataset=source.dataset_fingerprint(opened.reader), mesh=mesh, cache=cache,
-                                    batch_size=settings.batch_size, progress=settings.progress)
-    probe = ridge.RidgeProbe(train.x, train.labels, feats.x, np.zeros(len(feats.x), np.int32),
-                             num_classes=num_classes, mesh=local_mesh)
-    episodes = probe.run(cfg.shots, cfg.seeds, l2_reg=cfg.l2_reg, l2_grid=None)
-    metrics = {}
-    for k in sorted(cfg.shots):
-      per_seed = np.stack([ep.predictions for ep in sorted(episodes, key=lambda e: e.seed) if ep.shots == k])
-      metrics[f"{k}shot"] = extra_tests.fewshot_metric(per_seed, feats.labels)
-    out[opened.spec.name] = {**extra_tests.describe(opened, feats.labels), "metrics": metrics}
-  return out
+def _predict_per_seed(cfg, train, num_classes, x) -> dict[str, np.ndarray]:
+  """Every episode's probe (same k-shot sets, same λ) on other features: per shot count, seeds × items labels."""
+  probe = ridge.RidgeProbe(train.x, train.labels, x, np.zeros(len(x), np.int32), num_classes=num_classes,
+                           mesh=frozen.local_mesh())
+  episodes = sorted(probe.run(cfg.shots, cfg.seeds, l2_reg=cfg.l2_reg, l2_grid=None), key=lambda e: e.seed)
+  return {f"{k}shot": np.stack([ep.predictions for ep in episodes if ep.shots == k]) for k in sorted(cfg.shots)}

@@ -58,14 +58,16 @@ def held_out(n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_extra_tests(task, settings: EvalSettings, featurizer, cache, mesh, num_classes: int,
-                      predict: Callable[[np.ndarray], dict[str, np.ndarray]]) -> dict:
-  """The task's extra test sets through the feature cache, scored by `predict(features) -> {metric: labels}`."""
+                      predict: Callable[[np.ndarray], dict[str, np.ndarray]],
+                      metric: Callable[[np.ndarray, np.ndarray], dict] = extra_tests.top1_metric) -> dict:
+  """The task's extra test sets through the feature cache, scored by `predict(features) -> {metric: predictions}`
+  (predicted labels, or one row of them per episode) and `metric(predictions, labels)`."""
   out = {}
   for opened in extra_tests.open_all(task, settings.data_dir, num_classes):
     feats = features.cached_extract(featurizer, opened.reader, pp_lib.parse(opened.pp),
                                     dataset=source.dataset_fingerprint(opened.reader), mesh=mesh, cache=cache,
                                     batch_size=settings.batch_size, progress=settings.progress)
-    metrics = {name: extra_tests.top1_metric(pred, feats.labels) for name, pred in predict(feats.x).items()}
+    metrics = {name: metric(pred, feats.labels) for name, pred in predict(feats.x).items()}
     out[opened.spec.name] = {**extra_tests.describe(opened, feats.labels), "metrics": metrics}
   return out
 

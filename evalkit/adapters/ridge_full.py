@@ -12,7 +12,6 @@ import dataclasses
 import math
 
 import jax
-import numpy as np
 
 from evalkit import metrics as metrics_lib
 from evalkit.adapters import frozen
