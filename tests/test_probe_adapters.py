@@ -2,6 +2,10 @@
 every adapter, each record has the one metric shape with CIs, items for compare/gate, and numbers that equal the
 probes run directly on the cached features (and independent references)."""
 
+import hashlib
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -91,6 +95,30 @@ def test_ridge_full_adapter_equals_an_in_memory_whitened_solve(probe_run):
   gcv = [row["gcv"] for row in r["gcv_curve"]]
   assert r["chosen_l2_reg"] == r["gcv_curve"][int(np.argmin(gcv))]["l2_reg"]
 
+
+
+@pytest.mark.slow
+def test_frozen_probes_predict_what_they_predicted_before_the_template(probe_run):
+  """The four frozen-feature adapters, rebuilt on one template (`adapters/frozen.py`), give the same records: every
+  test item's prediction per episode, the headline and the spec hash equal those the adapters wrote before it (raw
+  pixels on digits, this session's 8 CPU devices: tests/data/frozen_probes_digits_pixels*). The top-5 rankings
+  agree too; ranks 2–5 of near-ties may swap with float rounding (1 vs 8 devices: 2 of 500 rows), so up to 1% of
+  rows may differ there."""
+  out, records, _ = probe_run
+  data = Path(__file__).parent / "data"
+  before = json.loads((data / "frozen_probes_digits_pixels.json").read_text())
+  with np.load(data / "frozen_probes_digits_pixels_top5.npz") as z:
+    top5 = {k: z[k] for k in z.files}
+  for task, expected in before.items():
+    items = results.load_items(out / "r" / "pixels" / f"{task}.json")
+    assert [str(e) for e in items["episodes"]] == expected["episodes"], task
+    digest = hashlib.sha256(np.ascontiguousarray(items["predictions"], np.int32).tobytes()).hexdigest()
+    assert digest == expected["predictions_sha256"], task
+    assert records[task]["headline"] == expected["headline"], task
+    assert records[task]["task"]["spec_hash"] == expected["spec_hash"], task
+    assert items["top_classes"].shape == top5[task].shape, task
+    rows_differing = (items["top_classes"] != top5[task]).any(axis=-1).mean()
+    assert rows_differing <= 0.01, (task, rows_differing)
 
 def test_mean_per_class_headline_and_paired_compare(data_dir, tmp_path):
   """A spec's headline may be a derived metric; compare then pairs on it (class-weighted items)."""
