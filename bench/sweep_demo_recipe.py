@@ -29,7 +29,8 @@ K = 10  # Fashion-MNIST classes
 NO_AUG = "decode|resize(28)|value_range(-1, 1)"
 
 # The demo's recipe before this sweep; every row changes some of its fields. `noaug_lr4e-3` is today's demo.
-BEFORE = {"head_bias_init": -10.0, "lr": 2e-3, "pp_train": "decode|resize(32)|random_crop(28)|flip_lr|value_range(-1, 1)"}
+BEFORE = {"head_bias_init": -10.0, "lr": 2e-3,
+          "pp_train": "decode|resize(32)|random_crop(28)|flip_lr|value_range(-1, 1)"}
 
 # name -> PretrainConfig field overrides (on top of BEFORE).
 RECIPES: dict[str, dict] = {

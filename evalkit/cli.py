@@ -98,8 +98,8 @@ SUMMARIES = {
 _MULTI_HOST = ["coordinator_address", "num_processes", "process_id", "distributed_auto"]
 COMMAND_FLAGS = {  # the flags each command reads, for `evalkit <command> --help`
     "eval": ["checkpoint", "name", "tasks", "tasks_dir", "cards_dir", "variant", "pool_type", "posemb", "rep_size",
-             "timm_model", "timm_kwargs", "posemb_resize", "data_dir", "results_dir", "cache_dir", "batch_size", "representation", "dtype", "loo", "overwrite",
-             "progress", *_MULTI_HOST],
+             "timm_model", "timm_kwargs", "posemb_resize", "data_dir", "results_dir", "cache_dir", "batch_size",
+             "representation", "dtype", "loo", "overwrite", "progress", *_MULTI_HOST],
     "tasks": ["tasks_dir", "data_dir"],
     "checkpoints": ["cards_dir"],
     "pretrain": ["config", "workdir", "cooldown_at", "total_steps", "data_dir", "progress", *_MULTI_HOST],

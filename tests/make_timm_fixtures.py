@@ -9,8 +9,9 @@ with `run_size` also has outputs of the same weights at another resolution, load
 
   python tests/make_timm_fixtures.py [out_dir]
 
-timm imports torchvision: the `torch` test extra installs a matching torch / torchvision pair and timm (BUILD.md). tests/test_timm_hf.py checks
-evalkit against these files everywhere and, where timm imports, against timm live through `build_case`.
+timm imports torchvision: the `torch` test extra installs a matching torch / torchvision pair and timm (BUILD.md).
+tests/test_timm_hf.py checks evalkit against these files everywhere and, where timm imports, against timm live through
+`build_case`.
 """
 from __future__ import annotations
 

@@ -126,7 +126,8 @@ def test_help_lists_the_commands_flags_and_exits_0(command):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert "commands:" in proc.stdout and "  demo " in proc.stdout
   if command == "eval":
-    assert proc.stdout.startswith("usage: evalkit eval") and "--checkpoint:" in proc.stdout and "--cache_dir:" in proc.stdout
+    assert proc.stdout.startswith("usage: evalkit eval")
+    assert "--checkpoint:" in proc.stdout and "--cache_dir:" in proc.stdout
     assert "--baseline:" not in proc.stdout  # only the command's own flags
   if command == "gate":
     assert "--baseline:" in proc.stdout and "--tolerance:" in proc.stdout

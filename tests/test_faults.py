@@ -174,8 +174,8 @@ def test_finetune_killed_mid_run_resumes_identical(tmp_path, data_dir, random_vi
   spec.write_text(FINETUNE_SPEC)
 
   def args(root):
-    return ["eval", f"--checkpoint={init}", "--variant=mu/7", "--pool_type=map", "--name=tiny", f"--tasks={spec}", f"--data_dir={data_dir}",
-            "--noprogress", f"--results_dir={root}"]
+    return ["eval", f"--checkpoint={init}", "--variant=mu/7", "--pool_type=map", "--name=tiny", f"--tasks={spec}",
+            f"--data_dir={data_dir}", "--noprogress", f"--results_dir={root}"]
 
   points = traced_points(args(tmp_path / "reference"), tmp_path)
   kills = ["state_saved:1", "train_step:30", f"before_rename:{points.count('before_rename')}"]
@@ -197,7 +197,8 @@ def test_concurrent_evals_leave_complete_results_and_a_consistent_cache(tmp_path
   specs = []
   for name, shots in (("tiny_a", "[2, 5]"), ("tiny_b", "[3]")):
     specs.append(tmp_path / f"{name}.toml")
-    specs[-1].write_text(FEWSHOT_SPEC.replace("shots = [2, 5]", f"shots = {shots}").replace("headline_shots = 5", f"headline_shots = {shots[1]}"))
+    specs[-1].write_text(FEWSHOT_SPEC.replace("shots = [2, 5]", f"shots = {shots}")
+                         .replace("headline_shots = 5", f"headline_shots = {shots[1]}"))
 
   def args(spec, root):
     return ["eval", "--checkpoint=pixels", f"--tasks={spec}", f"--data_dir={data_dir}", "--noprogress", "--noloo",

@@ -1,4 +1,5 @@
-"""Few-shot ridge: the jitted protocol against a straightforward float64 numpy transcription of docs/protocols.md, "Few-shot ridge"."""
+"""Few-shot ridge: the jitted protocol against a straightforward float64 numpy transcription of docs/protocols.md,
+"Few-shot ridge"."""
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits

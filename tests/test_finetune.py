@@ -83,9 +83,10 @@ def test_lr_selection_skips_diverged_runs(selection_run):
 
 
 def test_choose_picks_the_best_minival_and_never_a_diverged_run():
-  runs = [finetune.LrRun(lr=1e6, diverged=True, diverged_at=5), finetune.LrRun(lr=0.3, diverged=False, minival_top1=0.2),
-          finetune.LrRun(lr=0.03, diverged=False, minival_top1=0.9), finetune.LrRun(lr=0.01, diverged=False,
-                                                                                  minival_top1=0.9)]
+  runs = [finetune.LrRun(lr=1e6, diverged=True, diverged_at=5),
+          finetune.LrRun(lr=0.3, diverged=False, minival_top1=0.2),
+          finetune.LrRun(lr=0.03, diverged=False, minival_top1=0.9),
+          finetune.LrRun(lr=0.01, diverged=False, minival_top1=0.9)]
   assert finetune.choose(runs).lr == 0.03  # ties go to the earlier lr of the grid
   assert finetune.choose(runs[:1]) is None
 

@@ -1,4 +1,5 @@
-"""Tests for evalkit.train.optim: the optax chains against an independent float64 numpy reference of the recipe in docs/protocols.md ("Pre-training recipe").
+"""Tests for evalkit.train.optim: the optax chains against an independent float64 numpy reference of the recipe in
+docs/protocols.md ("Pre-training recipe").
 
 The reference re-derives every formula (global-norm clip, Adafactor's factored second moment with the capped β2,
 momentum / Adam moments, lr, decoupled weight decay × schedule) without touching optax or evalkit internals. Two
@@ -83,7 +84,8 @@ def _random_grads(rng, t):
 
 
 def ref_multiplier(t, total, warmup=0, cooldown=0, decay="rsqrt", timescale=10_000):
-  """docs/protocols.md ("Pre-training recipe") / big_vision's create_learning_rate_schedule, written directly from the formulas."""
+  """docs/protocols.md ("Pre-training recipe") / big_vision's create_learning_rate_schedule, written directly from the
+  formulas."""
   if decay == "rsqrt":
     m = 1.0 / math.sqrt(1.0 + (t - warmup) / timescale) if t >= warmup else 1.0
   else:

@@ -285,7 +285,7 @@ def test_inception_crop_samples_like_tensorflow():
   n = 4000
   for h, w in INCEPTION_SIZES:
     ours = [pp.sample_inception_box(h, w, rng) for _ in range(n)]
-    assert all(0 <= t and 0 <= l and t + ch <= h and l + cw <= w for t, l, ch, cw in ours)
+    assert all(0 <= top and 0 <= left and top + ch <= h and left + cw <= w for top, left, ch, cw in ours)
     theirs = []
     for i in range(n):
       begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(

@@ -107,7 +107,8 @@ def test_head_bias_starts_at_minus_log_k_unless_set(data_dir, tmp_path):
   np.testing.assert_allclose(1 / (1 + np.exp(-bias)), 1 / 11, rtol=1e-6)  # sigmoid(−log K) = 1/(K+1) ≈ 1/K
   paper = pretrain.build_run(digits_tiny_config(head_bias_init=-10.0), str(tmp_path / "paper"), data_dir=data_dir,
                              progress=False)
-  np.testing.assert_array_equal(flat(pretrain.export_initial(paper, "init"))["head/bias"], np.full(10, -10.0, np.float32))
+  paper_bias = flat(pretrain.export_initial(paper, "init"))["head/bias"]
+  np.testing.assert_array_equal(paper_bias, np.full(10, -10.0, np.float32))
   (tmp_path / "c.toml").write_text('dataset = "digits"\nlr = 1e-3\n')
   assert pretrain_configs.load(str(tmp_path / "c.toml")).head_bias_init is None
 
@@ -116,7 +117,8 @@ def test_first_losses_do_not_depend_on_device_count(data_dir, tmp_path):
   losses = {}
   for n in (1, 8):
     mesh = distributed.data_mesh(jax.devices()[:n])
-    run = pretrain.build_run(digits_tiny_config(), str(tmp_path / f"d{n}"), data_dir=data_dir, mesh=mesh, progress=False)
+    run = pretrain.build_run(digits_tiny_config(), str(tmp_path / f"d{n}"), data_dir=data_dir, mesh=mesh,
+                             progress=False)
     params = pretrain.init_params(run.model, run.image_size, 0, -10.0)
     tx, _ = optim.make(run.config.to_dict(), params, 60)
     state = loop.init_state(params, tx)

@@ -87,7 +87,8 @@ def test_timm_architecture_defaults_by_name():
   clip = checkpoints.timm.architecture("vit_base_patch16_clip_quickgelu_224").vit_kwargs()
   assert clip["pre_norm"] and not clip["patch_bias"] and clip["ln_eps"] == 1e-5 and clip["mlp_act"] == "quick_gelu"
   # timm counts 85,798,656 for vit_base_patch16_224 without head; its class token's posemb row (768) lives in `cls`.
-  assert vit.param_count(checkpoints.timm.architecture("vit_base_patch16_224", num_classes=0).model()) == 85_798_656 - 768
+  base = checkpoints.timm.architecture("vit_base_patch16_224", num_classes=0).model()
+  assert vit.param_count(base) == 85_798_656 - 768
   with pytest.raises(checkpoints.CheckpointError, match="unknown timm architecture"):
     checkpoints.timm.architecture("resnet50")
   with pytest.raises(checkpoints.CheckpointError, match="not supported"):
@@ -218,8 +219,9 @@ def test_eval_timm_and_hf_checkpoints_on_digits_then_leaderboard(tmp_path, data_
 
   transformers = pytest.importorskip("transformers")
   hf_dir = tmp_path / "hf_vit"
-  transformers.ViTModel(transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                               intermediate_size=48, image_size=32, patch_size=8)).save_pretrained(hf_dir)
+  config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
+                                  image_size=32, patch_size=8)
+  transformers.ViTModel(config).save_pretrained(hf_dir)
   proc = run_cli("eval", f"--checkpoint={hf_dir}", "--name=hf_vit", *common)
   assert proc.returncode == 0, proc.stderr[-2000:]
   hf_record = json.loads((results / "hf_vit" / "digits.json").read_text())

@@ -48,7 +48,8 @@ def _check_train(shots, size: int, num_classes: int | None) -> None:
 
 
 @register_adapter("fewshot_ridge", FewshotConfig, headline=lambda c: f"{c.headline_shots}shot",
-                  metric_names=lambda c: [m for k in c.shots for m in (f"{k}shot", *metrics_lib.derived_names(f"{k}shot"))])
+                  metric_names=lambda c: [m for k in c.shots
+                                          for m in (f"{k}shot", *metrics_lib.derived_names(f"{k}shot"))])
 def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   """Every (shots, seed) episode on the task's train/test features; λ fixed, and LOO-chosen beside it."""
   cfg = task.config

@@ -3,8 +3,8 @@
 
 The train features stream through `probes.ridge_full` in fixed blocks (each process takes a contiguous range of whole
 blocks; the exact double-double sums are combined across processes): one pass for the column mean and std, one for
-the statistics of the whitened rows with a constant bias feature, as the few-shot protocol whitens; and λ is chosen by generalised cross-validation from the one
-eigendecomposition — no test label is looked at.
+the statistics of the whitened rows with a constant bias feature, as the few-shot protocol whitens; and λ is chosen
+by generalised cross-validation from the one eigendecomposition — no test label is looked at.
 """
 from __future__ import annotations
 

@@ -112,7 +112,8 @@ def markdown(checks: list[Check]) -> str:
   """A table fit for a CI step summary (e.g. $GITHUB_STEP_SUMMARY)."""
   verdict = {0: "passed", 1: "FAILED: regression", 2: "FAILED: missing or incomparable results"}[exit_code(checks)]
   pct = lambda v: "–" if v is None else f"{100 * v:.2f}"
-  lines = [f"### evalkit gate: {verdict}", "", "| checkpoint | task | metric | baseline % | new % | Δ | margin | status |",
+  lines = [f"### evalkit gate: {verdict}", "",
+           "| checkpoint | task | metric | baseline % | new % | Δ | margin | status |",
            "|---|---|---|---|---|---|---|---|"]
   for c in checks:
     delta = "–" if c.new is None else f"{100 * (c.new - c.baseline):+.2f}"

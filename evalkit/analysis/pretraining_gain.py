@@ -70,7 +70,8 @@ def conclusion(found: list[Gain], far_dataset: str | None) -> str:
     if verdicts == {"better"}:
       how = "it transfers there too"
     elif "worse" in verdicts and "better" not in verdicts:
-      how = "it does not transfer there: the baselines do " + ("better" if verdicts == {"worse"} else "as well or better")
+      how = "it does not transfer there: the baselines do " + (
+          "better" if verdicts == {"worse"} else "as well or better")
     elif verdicts == {"no clear difference"}:
       how = "no clear difference there"
     else:

@@ -6,9 +6,9 @@ Inputs are ordinary result records (evalkit.result/1) of checkpoints whose card 
 
 - error E = 1 − accuracy against training compute C (FLOPs) for every checkpoint, and the Pareto frontier: the
   checkpoints no other checkpoint beats with less or equal compute;
-- E = a·(C + d)^(−b) + c fitted to the frontier (docs/protocols.md "Scaling law"; "Scaling Vision Transformers", Zhai et al. 2021,
-  Fig. 2 and eq. 1): c is the irreducible error, d shifts the small-compute end. Least squares on E (scipy), from
-  several starting points; 95% CIs on a, b, c, d by a residual bootstrap; R² on E;
+- E = a·(C + d)^(−b) + c fitted to the frontier (docs/protocols.md "Scaling law"; "Scaling Vision Transformers",
+  Zhai et al. 2021, Fig. 2 and eq. 1): c is the irreducible error, d shifts the small-compute end. Least squares on
+  E (scipy), from several starting points; 95% CIs on a, b, c, d by a residual bootstrap; R² on E;
 - error vs upstream data size per model (at each cell's longest training), fitted the same way where a model has
   enough data sizes;
 - the paper's qualitative claims, checked against the numbers with each point's standard error: larger models are

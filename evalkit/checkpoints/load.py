@@ -107,7 +107,8 @@ def load_checkpoint(path: str | os.PathLike, *, model, image_size=(224, 224), do
 def _check_finite(params, spec: str) -> None:
   """NaN or inf weights (a diverged run's export, a corrupted file) would score as chance: refuse them."""
   arrays = {name: np.asarray(a) for name, a in flatten(params).items()}
-  bad = [name for name, a in arrays.items() if a.dtype.kind not in "biu" and not np.isfinite(a.astype(np.float32)).all()]
+  bad = [name for name, a in arrays.items()
+         if a.dtype.kind not in "biu" and not np.isfinite(a.astype(np.float32)).all()]
   if bad:
     raise CheckpointError(f"checkpoint {spec}: non-finite (NaN/inf) values in {len(bad)} parameter(s), e.g. "
                           f"{', '.join(bad[:3])}; it is not a usable model (a diverged run?)")

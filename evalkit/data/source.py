@@ -118,7 +118,7 @@ def _load_builder(name: str, data_dir: str):
 
 def _tensorflow_available() -> bool:
   try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    import tensorflow  # noqa: F401  (imported only to learn whether it can be)
   except ImportError:
     return False
   return True

@@ -1,6 +1,6 @@
 """Few-shot linear probes by closed-form ridge regression — big_vision's protocol, exactly.
 
-Protocol (docs/protocols.md, "Few-shot ridge"; big_vision `evaluators/fewshot_lsr`, paper "Scaling Vision Transformers"):
+Protocol (docs/protocols.md, "Few-shot ridge"; big_vision `evaluators/fewshot_lsr`; "Scaling Vision Transformers"):
   * episodes: for seed s, `rng = np.random.default_rng(s)`; for each class c in order, a permutation of the train
     indices of class c; the k-shot set is the concatenation over classes of the first k of each permutation. The same
     permutations serve every k, so the sets are nested across k.

@@ -1,10 +1,11 @@
 """Scaling sweeps: a grid of pre-training runs, every checkpoint evaluated — the data behind `evalkit scaling fit`.
 
 A sweep is model sizes × upstream data sizes (the *cells*); each cell is one `evalkit pretrain` run that yields
-checkpoints of several training lengths through cooldown branches (docs/protocols.md "Pre-training recipe": branch off the main run at step s
-and cool the lr down linearly), so a cell costs about one run of its longest length. Every checkpoint is evaluated on
-the sweep's few-shot suite (and optionally fine-tune tasks); its card's training compute (FLOPs, evalkit/flops.py),
-examples seen, upstream data size and parameter count travel into each result record (`checkpoint.training`).
+checkpoints of several training lengths through cooldown branches (docs/protocols.md "Pre-training recipe": branch
+off the main run at step s and cool the lr down linearly), so a cell costs about one run of its longest length.
+Every checkpoint is evaluated on the sweep's few-shot suite (and optionally fine-tune tasks); its card's training
+compute (FLOPs, evalkit/flops.py), examples seen, upstream data size and parameter count travel into each result
+record (`checkpoint.training`).
 
 Workdir layout:
   sweep.toml                        the resolved sweep config (a rerun with a different config is refused)
@@ -228,7 +229,8 @@ def run_sweep(config: SweepConfig, workdir: str, *, data_dir: str | None = None,
 
 def _run_cell(config, workdir, model, n, task_list, settings, data_dir, progress, mesh) -> dict:
   t0 = time.perf_counter()
-  run = pretrain.build_run(cell_pretrain_config(config, model, n), str(fileio.child(workdir / "runs", cell_name(model, n))),
+  run_dir = fileio.child(workdir / "runs", cell_name(model, n))
+  run = pretrain.build_run(cell_pretrain_config(config, model, n), str(run_dir),
                            data_dir=data_dir, mesh=mesh, progress=progress)
   by_length = _cell_checkpoints(pretrain.train(run))
   t_train = time.perf_counter() - t0

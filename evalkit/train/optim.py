@@ -1,4 +1,5 @@
-"""Optimizers and learning-rate schedules — big_vision's recipe (docs/protocols.md: "Fine-tuning", "Pre-training recipe"), built from optax pieces.
+"""Optimizers and learning-rate schedules — big_vision's recipe (docs/protocols.md: "Fine-tuning", "Pre-training
+recipe"), built from optax pieces.
 
 The update chain is big_vision's (`big_vision/optax.py: make`), in this order:
 
@@ -198,7 +199,8 @@ def _weight_decay_txs(params, wd: float, wd_mults) -> list[optax.GradientTransfo
 def bv_adafactor(min_dim_size_to_factor: int = 32, decay_rate: float = 0.8, decay_offset: int = 0,
                  beta2_cap: float = 0.999, clipping_threshold: float | None = None, momentum: float | None = 0.9,
                  momentum_dtype="bfloat16", eps: float = 1e-30) -> optax.GradientTransformation:
-  """big_vision's modified Adafactor (`big_vision/optax.py: scale_by_adafactor`), docs/protocols.md "Pre-training recipe"."""
+  """big_vision's modified Adafactor (`big_vision/optax.py: scale_by_adafactor`; docs/protocols.md, "Pre-training
+  recipe")."""
 
   def capped_beta2(step, exponent):
     # Plain Adafactor's β2 → 1 freezes the second moment; the paper caps it (Zhai et al. 2021, §3.4).

@@ -1,7 +1,8 @@
 """Pre-training stage: the paper's upstream recipe on a TFDS dataset, yielding frozen ViT checkpoints with cards.
 
-Recipe (docs/protocols.md "Pre-training recipe", "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot labels (single-label data
-become one-hot), MAP head with a zero kernel and bias −10, big_vision's optimizer chain (`evalkit.train.optim`), rsqrt
+Recipe (docs/protocols.md "Pre-training recipe", "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot
+labels (single-label data become one-hot), MAP head with a zero kernel and bias −log(K) (the paper's −10 for JFT's
+~30k classes), big_vision's optimizer chain (`evalkit.train.optim`), rsqrt
 schedule with warmup and cooldown, and cooldown *branches*: one long run yields models of several training lengths.
 
 The loop, input stream and resume logic are shared with fine-tuning (`evalkit.train.loop`): a run killed at any

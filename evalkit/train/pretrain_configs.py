@@ -7,8 +7,8 @@ from pathlib import Path
 
 from evalkit.train.pretrain import ConfigError, PretrainConfig
 
-# The toy ViT of docs/protocols.md, "Toy scale" (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on Fashion-MNIST
-# train[:50000] — the other 10,000 training images stay unseen, for the in-domain few-shot probe.
+# The toy ViT of docs/protocols.md, "Toy scale" (width 96, depth 4, patch 7 → 16 tokens at 28×28, MAP head), on
+# Fashion-MNIST train[:50000] — the other 10,000 training images stay unseen, for the in-domain probes and fine-tune.
 DEMO_MODEL = {"patch_size": [7, 7], "width": 96, "depth": 4, "mlp_dim": 384, "num_heads": 4, "pool_type": "map"}
 
 
@@ -17,8 +17,9 @@ def demo() -> PretrainConfig:
 
   The paper's recipe with three values chosen by `bench/sweep_demo_recipe.py` (table in BUILD.md; the model's own
   head on Fashion-MNIST test: 70.6% with the earlier values, 85.4% with these): the head bias starts at −log(K) for
-  K = 10 classes (the config default; the paper's −10 is −log(K) for JFT's ~30k), lr 4e-3, and no augmentation — 2.5 epochs are too few
-  to overfit, and resize(32)|random_crop(28) trained on objects 1.14× larger than the test images show them.
+  K = 10 classes (the config default; the paper's −10 is −log(K) for JFT's ~30k), lr 4e-3, and no augmentation —
+  2.5 epochs are too few to overfit, and resize(32)|random_crop(28) trained on objects 1.14× larger than the test
+  images show them.
   """
   return PretrainConfig(
       name="demo", model=dict(DEMO_MODEL), dataset="fashion_mnist", train_split="train[:50000]",
