@@ -1,13 +1,16 @@
 """The `evalkit` command (absl flags): `evalkit <command> [--flags]`; `evalkit <command> --help` lists its flags.
 
-The commands and what each does are in `SUMMARIES` below (that is what `evalkit --help` prints).
+Every command is one `Command` row of the `COMMANDS` table at the end: its summary (what `evalkit --help` prints),
+the flags it reads (what `evalkit <command> --help` lists), its positional arguments and the function that runs it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import sys
+from typing import Callable
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -82,35 +85,7 @@ for _name in ("data_dir", "results_dir", "cache_dir", "workdir"):
                            "is a file; give a directory (it is created when missing)")
 
 
-SUMMARIES = {
-    "eval": "evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task",
-    "tasks": "list task specs and whether their data is available",
-    "checkpoints": "list checkpoint cards and whether their files exist",
-    "pretrain": "pre-train a ViT with the paper's recipe; writes checkpoints with cards (rerun to resume)",
-    "report": "leaderboard of a results directory: Markdown, CSV and a self-contained HTML page (--out)",
-    "compare": "`compare A B`: paired comparison of checkpoints A and B (paired bootstrap, McNemar)",
-    "baseline": "write a gate baseline (values and their noise) from a results directory",
-    "gate": "non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)",
-    "scaling": "`scaling sweep`: pre-train and evaluate a grid of models × data sizes × lengths; "
-               "`scaling fit`: the law E = a·(C + d)^(−b) + c on the compute frontier, the paper's claims, plots",
-    "demo": "end to end on the embedded data: pre-train, few-shot and fine-tune tables, HTML report",
-}
-_MULTI_HOST = ["coordinator_address", "num_processes", "process_id", "distributed_auto"]
-COMMAND_FLAGS = {  # the flags each command reads, for `evalkit <command> --help`
-    "eval": ["checkpoint", "name", "tasks", "tasks_dir", "cards_dir", "variant", "pool_type", "posemb", "rep_size",
-             "timm_model", "timm_kwargs", "posemb_resize", "data_dir", "results_dir", "cache_dir", "batch_size",
-             "representation", "dtype", "loo", "overwrite", "progress", *_MULTI_HOST],
-    "tasks": ["tasks_dir", "data_dir"],
-    "checkpoints": ["cards_dir"],
-    "pretrain": ["config", "workdir", "cooldown_at", "total_steps", "data_dir", "progress", *_MULTI_HOST],
-    "report": ["results_dir", "out", "bootstrap_samples"],
-    "compare": ["results_dir"],
-    "baseline": ["results_dir", "out"],
-    "gate": ["baseline", "results_dir", "z", "tolerance", "summary"],
-    "scaling": ["config", "quick", "workdir", "data_dir", "results_dir", "out", "bootstrap_samples", "progress",
-                *_MULTI_HOST],
-    "demo": ["results_dir", "data_dir", "progress"],
-}
+_MULTI_HOST = ("coordinator_address", "num_processes", "process_id", "distributed_auto")
 HELP_ARGS = ("-h", "-help", "--help", "--helpshort")
 
 
@@ -118,16 +93,17 @@ def help_text(command: str | None) -> str:
   """The command's usage and flags (or, without a command, the command list)."""
   lines = []
   if command:
-    positional = {"compare": " A B", "scaling": " sweep|fit"}.get(command, "")
-    lines += [f"usage: evalkit {command}{positional} [--flags]", f"  {SUMMARIES[command]}", "", "flags:"]
-    for name in COMMAND_FLAGS[command]:
+    cmd = COMMANDS[command]
+    positional = f" {cmd.positional}" if cmd.positional else ""
+    lines += [f"usage: evalkit {command}{positional} [--flags]", f"  {cmd.summary}", "", "flags:"]
+    for name in cmd.flags:
       flag = FLAGS[name]
       lines.append(f"  --{name}: {' '.join(flag.help.split())} (default: {flag.default_as_str or 'none'})")
     lines.append("")
   else:
     lines += ["usage: evalkit <command> [--flags]", ""]
   lines.append("commands:")
-  lines += [f"  {name:12s} {summary}" for name, summary in SUMMARIES.items()]
+  lines += [f"  {name:12s} {cmd.summary}" for name, cmd in COMMANDS.items()]
   lines.append("`evalkit <command> --help` lists a command's flags; `evalkit --helpfull` every flag.")
   return "\n".join(lines)
 
@@ -360,21 +336,57 @@ def cmd_demo() -> int:
   return demo.main(results_dir=FLAGS.results_dir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
 
 
-COMMANDS = {"eval": cmd_eval, "tasks": cmd_tasks, "checkpoints": cmd_checkpoints, "pretrain": cmd_pretrain,
-            "report": cmd_report, "compare": cmd_compare, "baseline": cmd_baseline, "gate": cmd_gate,
-            "scaling": cmd_scaling, "demo": cmd_demo}
-POSITIONAL = {"compare": 2, "scaling": 1}  # commands that take positional arguments, and how many
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """One `evalkit` command: the line `evalkit --help` prints for it, the flags it reads (its own `--help`), its
+  positional arguments as usage shows them (one word each; `a|b` is one argument), and the function that runs it
+  (positional arguments in, exit status out)."""
+  name: str
+  summary: str
+  flags: tuple[str, ...]
+  run: Callable[..., int]
+  positional: str = ""
+
+  @property
+  def arity(self) -> int:
+    return len(self.positional.split())
+
+
+COMMANDS = {c.name: c for c in (
+    Command("eval", "evaluate one checkpoint (card name, path, or `pixels`) on tasks; one result JSON per task",
+            ("checkpoint", "name", "tasks", "tasks_dir", "cards_dir", "variant", "pool_type", "posemb", "rep_size",
+             "timm_model", "timm_kwargs", "posemb_resize", "data_dir", "results_dir", "cache_dir", "batch_size",
+             "representation", "dtype", "loo", "overwrite", "progress", *_MULTI_HOST), cmd_eval),
+    Command("tasks", "list task specs and whether their data is available", ("tasks_dir", "data_dir"), cmd_tasks),
+    Command("checkpoints", "list checkpoint cards and whether their files exist", ("cards_dir",), cmd_checkpoints),
+    Command("pretrain", "pre-train a ViT with the paper's recipe; writes checkpoints with cards (rerun to resume)",
+            ("config", "workdir", "cooldown_at", "total_steps", "data_dir", "progress", *_MULTI_HOST), cmd_pretrain),
+    Command("report", "leaderboard of a results directory: Markdown, CSV and a self-contained HTML page (--out)",
+            ("results_dir", "out", "bootstrap_samples"), cmd_report),
+    Command("compare", "`compare A B`: paired comparison of checkpoints A and B (paired bootstrap, McNemar)",
+            ("results_dir",), cmd_compare, positional="A B"),
+    Command("baseline", "write a gate baseline (values and their noise) from a results directory",
+            ("results_dir", "out"), cmd_baseline),
+    Command("gate", "non-inferiority check of results against a baseline (exit 0 pass, 1 regression, 2 usage/missing)",
+            ("baseline", "results_dir", "z", "tolerance", "summary"), cmd_gate),
+    Command("scaling", "`scaling sweep`: pre-train and evaluate a grid of models × data sizes × lengths; "
+            "`scaling fit`: the law E = a·(C + d)^(−b) + c on the compute frontier, the paper's claims, plots",
+            ("config", "quick", "workdir", "data_dir", "results_dir", "out", "bootstrap_samples", "progress",
+             *_MULTI_HOST), cmd_scaling, positional="sweep|fit"),
+    Command("demo", "end to end on the embedded data: pre-train, few-shot and fine-tune tables, HTML report",
+            ("results_dir", "data_dir", "progress"), cmd_demo),
+)}
 
 
 def main(argv: list[str]) -> int:
   absl_logging.set_verbosity(absl_logging.WARNING)  # quiet tfds/jax chatter
   logging.getLogger("evalkit").setLevel(logging.INFO)  # our progress and throughput lines
   command = argv[1] if len(argv) > 1 else None
-  if command not in COMMANDS or len(argv) - 2 != POSITIONAL.get(command, 0):
+  if command not in COMMANDS or len(argv) - 2 != COMMANDS[command].arity:
     print(help_text(command if command in COMMANDS else None), file=sys.stderr)
     return 2
   try:
-    return COMMANDS[command](*argv[2:])
+    return COMMANDS[command].run(*argv[2:])
   except UsageError as e:
     print(f"evalkit: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2

@@ -134,6 +134,17 @@ def test_help_lists_the_commands_flags_and_exits_0(command):
   assert run_cli("eval", "-h").stdout == run_cli("eval", "--help").stdout
 
 
+
+def test_every_flag_is_read_by_a_command_and_every_command_names_real_flags():
+  """The command table (`cli.COMMANDS`) is the one place a flag is attached to a command: each flag evalkit defines
+  shows in some command's --help, each flag a command lists exists, and the positional usage matches the arity."""
+  from evalkit import cli
+  defined = {flag.name for flag in cli.FLAGS.get_flags_for_module(cli)}
+  named = {name for command in cli.COMMANDS.values() for name in command.flags}
+  assert defined == named, (sorted(defined - named), sorted(named - defined))
+  assert {name: c.arity for name, c in cli.COMMANDS.items() if c.arity} == {"compare": 2, "scaling": 1}
+  assert run_cli("compare", "only_one").returncode == 2 and run_cli("scaling").returncode == 2
+
 def test_written_files_follow_the_umask(digits_run):
   """Results, items and manifests are shareable (0666 less the umask, as open() gives), not mkstemp's 0600."""
   assert digits_run["first"].returncode == 0
