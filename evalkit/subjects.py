@@ -94,13 +94,10 @@ def _checked_model(checkpoint: str, model_kwargs: dict):
   """The ViT of `model_kwargs`, built once from shapes only: a bad setting (`--variant=XX/3`, `--pool_type=bogus`)
   fails here in one line, before any data is read."""
   try:
-    model = vit.from_config(model_kwargs)
-    vit.param_count(model)
-  except (ValueError, TypeError) as e:
+    return vit.build_checked(lambda: vit.from_config(model_kwargs))
+  except ValueError as e:
     shown = ", ".join(f"{k}={v}" for k, v in model_kwargs.items() if v is not None)
-    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: bad model settings ({shown}): "
-                                      f"{' '.join(str(e).split())}") from None
-  return model
+    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: bad model settings ({shown}): {e}") from None
 
 
 def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,

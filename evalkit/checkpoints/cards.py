@@ -181,9 +181,9 @@ def parse_card(card_path: str | os.PathLike) -> Card:
       notes=data.get("notes", ""), training=dict(data.get("training", {})),
       pp=data.get("pp", ""), posemb_resize=data.get("posemb_resize", ""), obtain=data.get("obtain", ""),
       card_path=card_path.resolve())
-  try:  # Build the model (shapes only) once so a bad [model] table fails here, not later.
-    vit.param_count(card.model(), (card.resolution, card.resolution))
-  except (ValueError, TypeError, EvalkitError) as e:
+  try:
+    vit.build_checked(card.model, (card.resolution, card.resolution))
+  except (ValueError, EvalkitError) as e:
     raise CardError(f"card {card_path}: bad [model] table: "
                     f"{' '.join(str(e).split())}") from None
   try:

@@ -22,7 +22,7 @@ Public API (docs/protocols.md, "ViT and its parameter tree"):
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -475,6 +475,17 @@ def describe(model: VisionTransformer) -> str:
   return f"ViT({arch}, {', '.join(extras)})"
 
 
+def build_checked(make: Callable[[], VisionTransformer], image_size=(224, 224)) -> VisionTransformer:
+  """`make()`, then its parameter shapes traced once (nothing allocated): a bad setting — an unknown field, variant or
+  pool type, a patch that does not fit the image — raises ValueError here, in one line, before any data is read."""
+  try:
+    model = make()
+    param_count(model, image_size)
+  except (TypeError, ValueError) as e:
+    raise ValueError(" ".join(str(e).split())) from None
+  return model
+
+
 def param_count(model: VisionTransformer, image_size=(224, 224)) -> int:
   """Number of parameters, computed from shapes only (no allocation)."""
   return _param_count(model, _pair(image_size))
@@ -493,5 +504,6 @@ def _param_count(model: VisionTransformer, image_size: tuple[int, int]) -> int:
 __all__ = [
     "VARIANTS", "EXTENSION_DEFAULTS", "MLP_ACTS", "VisionTransformer", "ViT", "decode_variant", "model_config",
     "from_config", "posemb_grid", "posemb_sincos_2d", "describe", "size_name",
+    "build_checked",
     "param_count",
 ]

@@ -2,8 +2,8 @@
 
 Recipe (docs/protocols.md "Pre-training recipe", "Scaling Vision Transformers"): sigmoid cross-entropy over multi-hot
 labels (single-label data become one-hot), MAP head with a zero kernel and bias −log(K) (the paper's −10 for JFT's
-~30k classes), big_vision's optimizer chain (`evalkit.train.optim`), rsqrt
-schedule with warmup and cooldown, and cooldown *branches*: one long run yields models of several training lengths.
+~30k classes), big_vision's optimizer chain (`evalkit.train.optim`), rsqrt schedule with warmup and cooldown, and
+cooldown *branches*: one long run yields models of several training lengths.
 
 The loop, input stream and resume logic are shared with fine-tuning (`evalkit.train.loop`): a run killed at any
 point and rerun ends with bit-identical parameters on CPU.
@@ -192,11 +192,9 @@ def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = No
   sample = next(reader.iter_id_batches([(reader.ids[:1], (config.seed, 0))], preprocess))
   image_size = tuple(int(s) for s in sample["image"].shape[1:3])
   try:
-    model = vit.ViT(num_classes=reader.num_classes, **config.model)
-    vit.param_count(model, image_size)  # builds it: a bad [model] field fails here, in one line
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"pretrain config {config.name}: bad model {config.model}: "
-                          f"{' '.join(str(e).split())[:300]}") from None
+    model = vit.build_checked(lambda: vit.ViT(num_classes=reader.num_classes, **config.model), image_size)
+  except ValueError as e:
+    raise ConfigError(f"pretrain config {config.name}: bad model {config.model}: {str(e)[:300]}") from None
   stream = loop.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
   return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress)
 
