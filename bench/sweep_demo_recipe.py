@@ -2,7 +2,7 @@
 
 Each row pre-trains the demo model (`pretrain_configs.demo()`, width 96, depth 4, patch 7, MAP head) on Fashion-MNIST
 train[:50000] with some fields changed, then scores the model's own head on Fashion-MNIST test (top-1 of the 10
-logits, with a normal-approximation 95% interval) and reports the seconds the run took. Everything else is the
+logits, with its bootstrap 95% interval) and reports the seconds the run took. Everything else is the
 paper's recipe (sigmoid loss, MAP head, big_vision's Adafactor, rsqrt schedule with cooldown).
 
   python3 bench/sweep_demo_recipe.py [--out=DIR] [--only=name,name] [--data_dir=DIR]
@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 
 from evalkit import demo
+from evalkit.report import tables
 from evalkit.train import pretrain, pretrain_configs
 
 K = 10  # Fashion-MNIST classes
@@ -72,8 +73,7 @@ def run_recipe(name: str, overrides: dict, out: Path, data_dir: str | None) -> d
   run = pretrain.build_run(config, str(workdir), data_dir=data_dir, progress=False)
   final = pretrain.train(run)["final"]
   seconds = time.perf_counter() - start
-  top1, n = demo.upstream_top1(run, final, data_dir)
-  row = {"recipe": name, "overrides": overrides, "top1": top1, "n": n, "seconds": seconds}
+  row = {"recipe": name, "overrides": overrides, "top1": demo.upstream_top1(run, final, data_dir), "seconds": seconds}
   done.write_text(json.dumps(row))
   return row
 
@@ -89,9 +89,7 @@ def main():
   print("| recipe | upstream top-1 % (95% CI) | seconds |\n|---|---|---|", flush=True)
   for name in names:
     row = run_recipe(name, RECIPES[name], Path(args.out), args.data_dir)
-    half = 1.96 * math.sqrt(row["top1"] * (1 - row["top1"]) / row["n"])
-    print(f"| {name} | {100 * row['top1']:.1f} ({100 * (row['top1'] - half):.1f}–{100 * (row['top1'] + half):.1f}) "
-          f"| {row['seconds']:.0f} |", flush=True)
+    print(f"| {name} | {tables.percent_with_ci(row['top1'])} | {row['seconds']:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

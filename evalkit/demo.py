@@ -19,13 +19,13 @@ fine-tune on train[800:]; no far transfer). Rerunning resumes the pre-training w
 from __future__ import annotations
 
 import dataclasses
-import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from evalkit import checkpoints, distributed, evaluate, features, fileio, results, subjects, tasks
+from evalkit import checkpoints, distributed, evaluate, features, fileio, results, stats, subjects, tasks
 from evalkit.analysis import pretraining_gain
 from evalkit.analysis.pretraining_gain import Column
 from evalkit.data import embedded, pp, source
@@ -33,6 +33,8 @@ from evalkit.report import leaderboard, tables
 from evalkit.train import pretrain, pretrain_configs
 
 PRETRAINED, RANDOM_INIT = "pretrained", "random_init"
+FEWSHOT_BASELINES = (RANDOM_INIT, subjects.PIXELS)  # raw pixels are a few-shot featurizer, not a model to fine-tune
+FINETUNE_BASELINES = (RANDOM_INIT,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,32 +52,26 @@ class Plan:
 def _plan(data_dir) -> Plan:
   if embedded.fashion_mnist_available(data_dir=data_dir):
     return Plan(pretrain_configs.demo(), (
-        Column("10-shot in-domain", "fashion_mnist_heldout", in_domain=True),
-        Column("fine-tune in-domain", "fashion_mnist_heldout_finetune", in_domain=True),
-        Column("10-shot far", "digits", in_domain=False),
-        Column("fine-tune far", "digits_heldout_finetune", in_domain=False)), far_dataset="digits")
+        Column("10-shot in-domain", "fashion_mnist_heldout", True, FEWSHOT_BASELINES),
+        Column("fine-tune in-domain", "fashion_mnist_heldout_finetune", True, FINETUNE_BASELINES),
+        Column("10-shot far", "digits", False, FEWSHOT_BASELINES),
+        Column("fine-tune far", "digits_heldout_finetune", False, FINETUNE_BASELINES)), far_dataset="digits")
   print("Fashion-MNIST not found: `apt-get install dataset-fashion-mnist` (or set EVALKIT_FASHION_MNIST_DIR) for the "
         "full demo; running the digits-only variant.")
   return Plan(pretrain_configs.digits_demo(), (
-      Column("10-shot in-domain", "digits_heldout", in_domain=True),
-      Column("fine-tune in-domain", "digits_heldout_finetune", in_domain=True)))
+      Column("10-shot in-domain", "digits_heldout", True, FEWSHOT_BASELINES),
+      Column("fine-tune in-domain", "digits_heldout_finetune", True, FINETUNE_BASELINES)))
 
 
-def upstream_top1(run: pretrain.Run, checkpoint, data_dir) -> tuple[float, int]:
-  """Top-1 of a checkpoint's own head on its upstream dataset's test split (the classes it was trained on), and the
-  number of test images: how good the upstream model is, before any transfer."""
+def upstream_top1(run: pretrain.Run, checkpoint, data_dir) -> dict:
+  """Top-1 of a checkpoint's own head on its upstream dataset's test split (the classes it was trained on), with its
+  bootstrap 95% CI over test images as every top-1 of evalkit has: how good the upstream model is, before transfer."""
   params = checkpoints.load_params(str(checkpoint), model=run.model, image_size=run.image_size)
   logits = features.model_featurizer(run.model, params, weights_hash=str(checkpoint), representation="logits")
   reader = source.open_split(run.config.dataset, "test", data_dir)
   test_pp = pp.parse(f"decode|resize({run.image_size[0]})|value_range(-1, 1)")
   out = features.extract(logits, reader, test_pp, mesh=distributed.data_mesh(), progress=False)
-  return float(np.mean(np.argmax(out.x, axis=1) == out.labels)), len(out.labels)
-
-
-def _with_ci(top1: float, n: int, *, label: str = "") -> str:
-  """A proportion in % with its normal-approximation 95% CI."""
-  half = 1.96 * math.sqrt(top1 * (1 - top1) / n)
-  return f"{100 * top1:.1f}{'%' if label else ''} ({label}{100 * (top1 - half):.1f}–{100 * (top1 + half):.1f})"
+  return stats.bootstrap_interval(np.argmax(out.x, axis=1) == out.labels)
 
 
 def main(results_dir: str = "results", data_dir: str | None = None, progress: bool = True) -> int:
@@ -88,12 +84,13 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
   t_pretrain = time.perf_counter()
   trained_ckpt = pretrain.train(run)["final"]
   t_pretrain = time.perf_counter() - t_pretrain
-  scores = {name: upstream_top1(run, ckpt, data_dir) for name, ckpt in ((PRETRAINED, trained_ckpt),
-                                                                          (RANDOM_INIT, init_ckpt))}
-  top1, n_test = scores[PRETRAINED]
-  upstream_line = (f"Upstream model: its own head scores {_with_ci(top1, n_test, label='95% CI ')} on "
-                   f"{config.dataset} test ({n_test:,} images) after {config.total_steps} steps of "
-                   f"{config.batch_size} ({t_pretrain:.0f} s); {100 * scores[RANDOM_INIT][0]:.1f}% at random init.")
+  upstream = {name: upstream_top1(run, ckpt, data_dir) for name, ckpt in ((PRETRAINED, trained_ckpt),
+                                                                            (RANDOM_INIT, init_ckpt))}
+  mine, (lo, hi) = upstream[PRETRAINED], upstream[PRETRAINED]["ci95"]
+  upstream_line = (f"Upstream model: its own head scores {100 * mine['value']:.1f}% (95% CI {100 * lo:.1f}–"
+                   f"{100 * hi:.1f}) on {config.dataset} test ({mine['n']:,} images) after {config.total_steps} "
+                   f"steps of {config.batch_size} ({t_pretrain:.0f} s); {100 * upstream[RANDOM_INIT]['value']:.1f}% "
+                   "at random init.")
   print(upstream_line)
 
   featurizers = [subjects.resolve_subject(f"{trained_ckpt}.toml", name=PRETRAINED),
@@ -111,15 +108,15 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
       if status == "error":
         failed.append(f"{subject.name} / {task}: {detail}")
   if failed:
-    print(f"evalkit: error: {failed[0]}")
+    print(f"evalkit: error: {failed[0]}", file=sys.stderr)
     return 1
 
   names = [s.name for s in featurizers]
-  found = pretraining_gain.gains(settings.results_dir, PRETRAINED, plan.columns, names[1:])
-  summary_table = tables.pretraining_summary(
-      settings.results_dir, names, plan.columns, found, far_dataset=plan.far_dataset,
-      upstream={name: _with_ci(*score) for name, score in scores.items()})
+  found = pretraining_gain.gains(settings.results_dir, PRETRAINED, plan.columns)
   all_records = results.load_all(settings.results_dir)
+  summary_table = tables.pretraining_summary(all_records, names, plan.columns, found, upstream=upstream,
+                                             far_dataset=plan.far_dataset)
+
   def of(protocol):  # this protocol's records, in the summary's row order
     return sorted((r for r in all_records if r["protocol"] == protocol),
                   key=lambda r: names.index(r["checkpoint"]["name"]))
@@ -137,6 +134,6 @@ def main(results_dir: str = "results", data_dir: str | None = None, progress: bo
         f"wall time: {time.perf_counter() - start:.0f} s")
   unmet = pretraining_gain.in_domain_shortfalls(found)
   if unmet:
-    print(f"evalkit: error: pre-training did not clearly help in-domain: {unmet[0].text()}")
+    print(f"evalkit: error: pre-training did not clearly help in-domain: {unmet[0].text()}", file=sys.stderr)
     return 1
   return 0

@@ -1,5 +1,6 @@
 """Leaderboard report (Markdown, CSV, self-contained HTML checked in headless Chromium) and paired comparisons."""
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -158,9 +159,9 @@ def _headline_accuracy(results_dir, name, task) -> float:
 def test_pretraining_gain_verdicts_table_and_conclusion(results_dir, tmp_path):
   """Pixels play "pre-trained" against two random-init ViTs: Δ per column equals the difference of accuracies read
   from the stored predictions, every verdict is "better", and the table opens the Markdown and HTML reports."""
-  columns = [Column("10-shot in-domain", "digits_heldout", in_domain=True),
-             Column("10-shot far", "digits", in_domain=False)]
-  found = pretraining_gain.gains(results_dir, "pixels", columns, ["vit_seed0", "vit_seed1"])
+  vits = ("vit_seed0", "vit_seed1")
+  columns = [Column("10-shot in-domain", "digits_heldout", True, vits), Column("10-shot far", "digits", False, vits)]
+  found = pretraining_gain.gains(results_dir, "pixels", columns)
   assert [(g.column.task, g.baseline) for g in found] == [(task, baseline) for task in ("digits_heldout", "digits")
                                                           for baseline in ("vit_seed0", "vit_seed1")]
   for g in found:
@@ -173,18 +174,23 @@ def test_pretraining_gain_verdicts_table_and_conclusion(results_dir, tmp_path):
   assert line.startswith("Pre-training helps in-domain: 10-shot in-domain +") and "it transfers there too" in line
 
   # The other way round, every comparison is "worse"; against itself, Δ = 0 is no clear difference.
-  back = pretraining_gain.gains(results_dir, "vit_seed0", columns, ["pixels"])
+  back = pretraining_gain.gains(results_dir, "vit_seed0",
+                                [dataclasses.replace(c, baselines=("pixels",)) for c in columns])
   assert {g.verdict for g in back} == {"worse"}
   line = pretraining_gain.conclusion(back, "digits")
   assert line.startswith("Pre-training did NOT clearly help in-domain") and "does not transfer there" in line
-  (same,) = pretraining_gain.gains(results_dir, "vit_seed0", columns[:1], ["vit_seed0"])
+  itself = dataclasses.replace(columns[0], baselines=("vit_seed0",))
+  (same,) = pretraining_gain.gains(results_dir, "vit_seed0", [itself])
+  with pytest.raises(results.BadResult, match="no_results"):  # a missing result is an error, not a left-out claim
+    pretraining_gain.gains(results_dir, "no_results", columns)
   assert same.comparison.delta == 0 and same.verdict == "no clear difference"
   assert pretraining_gain.in_domain_shortfalls(found) == [] and pretraining_gain.in_domain_shortfalls(back) == back[:1]
 
-  table = tables.pretraining_summary(results_dir, ["pixels", "vit_seed0", "no_results"], columns, found,
-                                     upstream={"pixels": "n/a"}, far_dataset="digits")
+  upstream = {"value": 0.5, "ci95": [0.45, 0.55]}
+  table = tables.pretraining_summary(results.load_all(results_dir), ["pixels", "vit_seed0", "no_results"], columns,
+                                     found, upstream={"pixels": upstream}, far_dataset="digits")
   record = results.load(results_dir / "pixels" / "digits.json")["metrics"]["10shot"]
-  assert table.rows[0][:2] == ["pixels", "n/a"] and table.rows[2] == ["no_results", "–", "–", "–"]
+  assert table.rows[0][:2] == ["pixels", "50.0 (45.0–55.0)"] and table.rows[2] == ["no_results", "–", "–", "–"]
   assert table.rows[0][3] == (f"{100 * record['value']:.1f} ({100 * record['ci95'][0]:.1f}–"
                               f"{100 * record['ci95'][1]:.1f})")
   paths = leaderboard.write(results_dir, tmp_path, lead=table)
@@ -232,7 +238,7 @@ def test_one_colour_per_checkpoint_in_every_figure(results_dir, monkeypatch):
 def test_conclusion_words_follow_the_verdicts(far_cis, words):
   def gain(in_domain, lo, hi):
     row = compare.TaskComparison("t", "top1", 0.5, 0.5, (lo + hi) / 2, (lo, hi), 1.0, 1.0, 0, 0, 0.01)
-    return pretraining_gain.Gain(Column("10-shot", "t", in_domain), "random_init", row)
+    return pretraining_gain.Gain(Column("10-shot", "t", in_domain, ("random_init",)), "random_init", row)
   line = pretraining_gain.conclusion([gain(True, 0.01, 0.02)] + [gain(False, *ci) for ci in far_cis], "digits")
   assert line.startswith("Pre-training helps in-domain: 10-shot +1.5 points vs random_init (95% CI +1.0…+2.0).")
   assert f"Far (digits): {words} — " in line

@@ -17,10 +17,12 @@ from evalkit.analysis import compare
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-  """One column of the summary: a task's headline metric, `label` saying what it measures."""
+  """One column of the summary: a task's headline metric, `label` saying what it measures, and the baselines the
+  pre-trained checkpoint is compared with on it (raw pixels have no fine-tune)."""
   label: str
   task: str
   in_domain: bool  # data the upstream model's classes come from (else: far transfer)
+  baselines: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,16 +43,11 @@ class Gain:
             f"(95% CI {100 * lo:+.1f}…{100 * hi:+.1f})")
 
 
-def gains(results_dir, pretrained: str, columns: Sequence[Column], baselines: Sequence[str]) -> list[Gain]:
-  """Every (column, baseline) pair for which both result files exist (pixels have no fine-tune)."""
-  out = []
-  for column in columns:
-    mine = results.result_path(results_dir, pretrained, column.task)
-    for baseline in baselines:
-      theirs = results.result_path(results_dir, baseline, column.task)
-      if mine.exists() and theirs.exists():
-        out.append(Gain(column, baseline, compare.compare_task(mine, theirs)))
-  return out
+def gains(results_dir, pretrained: str, columns: Sequence[Column]) -> list[Gain]:
+  """Every (column, baseline) comparison; a missing result file is an error, never a comparison left out."""
+  return [Gain(column, baseline, compare.compare_task(results.result_path(results_dir, pretrained, column.task),
+                                                      results.result_path(results_dir, baseline, column.task)))
+          for column in columns for baseline in column.baselines]
 
 
 def in_domain_shortfalls(found: list[Gain]) -> list[Gain]:

@@ -6,7 +6,6 @@ import dataclasses
 import html
 from collections.abc import Sequence
 
-from evalkit import results
 from evalkit.analysis import pretraining_gain
 
 
@@ -71,26 +70,22 @@ def finetune_markdown(records: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _headline_with_ci(record: dict | None) -> str:
-  if record is None:
+def percent_with_ci(metric: dict | None) -> str:
+  """A metric `{value, ci95}` as "84.2 (83.2–85.2)" (percent); "–" for none."""
+  if metric is None:
     return "–"
-  metric = record["metrics"][record["headline"]["metric"]]
   ci = metric.get("ci95")
   return f"{100 * metric['value']:.1f}" + (f" ({100 * ci[0]:.1f}–{100 * ci[1]:.1f})" if ci else "")
 
 
-def pretraining_summary(results_dir, checkpoints: Sequence[str], columns: Sequence[pretraining_gain.Column],
-                        found: list[pretraining_gain.Gain], *, upstream: dict[str, str],
+def pretraining_summary(records: list[dict], checkpoints: Sequence[str], columns: Sequence[pretraining_gain.Column],
+                        found: list[pretraining_gain.Gain], *, upstream: dict[str, dict],
                         far_dataset: str | None = None) -> SummaryTable:
-  """Does pre-training help? One row per checkpoint: its upstream top-1 (`upstream`, preformatted; "–" where none),
-  then each column's headline with its 95% CI; under it, `pretraining_gain.conclusion` of the comparisons."""
+  """Does pre-training help? One row per checkpoint: its upstream top-1 (`upstream`: name -> metric; "–" where
+  none), then each column's headline with its 95% CI; under it, `pretraining_gain.conclusion` of the comparisons."""
+  headline = {(r["checkpoint"]["name"], r["task"]["name"]): r["metrics"][r["headline"]["metric"]] for r in records}
   header = ["checkpoint", "upstream top-1 (own head)"] + [f"{c.label} ({c.task})" for c in columns]
-  rows = []
-  for name in checkpoints:
-    cells = [name, upstream.get(name, "–")]
-    for c in columns:
-      path = results.result_path(results_dir, name, c.task)
-      cells.append(_headline_with_ci(results.load(path) if path.exists() else None))
-    rows.append(cells)
+  rows = [[name, percent_with_ci(upstream.get(name))] + [percent_with_ci(headline.get((name, c.task)))
+                                                        for c in columns] for name in checkpoints]
   return SummaryTable("Does pre-training help? Top-1 % (95% CI)", header, rows,
                       pretraining_gain.conclusion(found, far_dataset))
