@@ -22,7 +22,7 @@ import json, resource, sys, time
 kind, path = sys.argv[1], sys.argv[2]
 import jax.numpy as jnp
 from evalkit import checkpoints
-from evalkit.checkpoints import timm
+from evalkit.checkpoints.layouts import timm
 jnp.zeros(1).block_until_ready()  # the backend is up before the measurement starts
 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t = time.perf_counter()
@@ -42,7 +42,7 @@ def _make(workdir: str) -> tuple[str, str]:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
   from evalkit import checkpoints  # pylint: disable=import-outside-toplevel
-  from evalkit.checkpoints import timm  # pylint: disable=import-outside-toplevel
+  from evalkit.checkpoints.layouts import timm  # pylint: disable=import-outside-toplevel
   st, npz = os.path.join(workdir, "vit_b16.safetensors"), os.path.join(workdir, "vit_b16.npz")
   if os.path.exists(st) and os.path.exists(npz):
     return st, npz

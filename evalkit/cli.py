@@ -112,32 +112,27 @@ class UsageError(Exception):
   """Bad command-line usage: one line, exit status 2."""
 
 
-def _model_kwargs() -> dict:
-  kw = {}
-  if FLAGS.variant:
-    kw["variant"] = FLAGS.variant
-  if FLAGS.pool_type:
-    kw["pool_type"] = FLAGS.pool_type
-  if FLAGS.posemb:
-    kw["posemb"] = FLAGS.posemb
-  if FLAGS.rep_size is not None:
-    kw["rep_size"] = FLAGS.rep_size or False
-  return kw
-
-
-def _timm_kwargs() -> dict:
-  """--timm_kwargs key=value pairs; values are TOML literals (numbers, true/false, quoted strings) or bare words."""
+def _model_options() -> dict:
+  """The model flags as one options dict for the checkpoint's format: big_vision's fields (--variant, ...) or a timm
+  architecture name (--timm_model) with its overrides (--timm_kwargs key=value, values TOML literals or bare words)."""
   import tomllib
-  out = {}
+  options = {"variant": FLAGS.variant, "pool_type": FLAGS.pool_type, "posemb": FLAGS.posemb,
+             "rep_size": None if FLAGS.rep_size is None else FLAGS.rep_size or False, "timm_model": FLAGS.timm_model}
+  options = {k: v for k, v in options.items() if v is not None}
+  big_vision_flags = [k for k in options if k != "timm_model"]
   for item in FLAGS.timm_kwargs:
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
       raise UsageError(f"--timm_kwargs: {item!r} is not key=value")
     try:
-      out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+      options[key.strip()] = tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
-      out[key.strip()] = value
-  return out
+      options[key.strip()] = value
+  if FLAGS.timm_kwargs and not FLAGS.timm_model:
+    raise UsageError("--timm_kwargs needs --timm_model")
+  if FLAGS.timm_model and big_vision_flags:
+    raise UsageError(f"give --timm_model or big_vision model flags ({', '.join(big_vision_flags)}), not both")
+  return options
 
 
 def cmd_eval() -> int:
@@ -146,9 +141,8 @@ def cmd_eval() -> int:
     raise UsageError("--checkpoint is required (a card name, a path, or `pixels`)")
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed_auto)
   task_list = [tasks.load_task(t, FLAGS.tasks_dir) for t in FLAGS.tasks]  # unknown tasks fail before any work
-  subject = subjects.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_kwargs=_model_kwargs(),
-                                     cards_dirs=FLAGS.cards_dir, timm_model=FLAGS.timm_model,
-                                     timm_kwargs=_timm_kwargs(), posemb_resize=FLAGS.posemb_resize)
+  subject = subjects.resolve_subject(FLAGS.checkpoint, name=FLAGS.name, model_options=_model_options(),
+                                     cards_dirs=FLAGS.cards_dir, posemb_resize=FLAGS.posemb_resize)
   settings = evaluate.EvalSettings(
       data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
       cache_dir=os.path.expanduser(FLAGS.cache_dir) if FLAGS.cache_dir else None, batch_size=FLAGS.batch_size,

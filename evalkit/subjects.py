@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable
 
 from evalkit import checkpoints, features, fileio
-from evalkit.checkpoints import cards, formats, timm
+from evalkit.checkpoints import cards, formats
 from evalkit.models import vit
 
 PIXELS = "pixels"
@@ -26,7 +26,7 @@ class Subject:
   model: vit.VisionTransformer | None = None
   dont_load: tuple[str, ...] = DEFAULT_DONT_LOAD
   card: cards.Card | None = None
-  format: str | None = None  # the card's format; None: the path decides (checkpoints.formats.detect)
+  format: str | None = None  # the format that reads `path`: the card's, or the path's (checkpoints.formats.detect)
   posemb_resize: str | None = None  # None: the format's own way (checkpoints.fit.POSEMB_RESIZE)
   architecture: str | None = None  # where the model comes from when not evalkit's own, e.g. "timm vit_small_..."
   _loaded: dict = dataclasses.field(default_factory=dict, repr=False)  # image size -> Checkpoint
@@ -90,54 +90,23 @@ def _stem(checkpoint: str) -> str:
   return fileio.to_safe_name(stem)
 
 
-def _checked_model(checkpoint: str, model_kwargs: dict):
-  """The ViT of `model_kwargs`, built once from shapes only: a bad setting (`--variant=XX/3`, `--pool_type=bogus`)
-  fails here in one line, before any data is read."""
-  try:
-    return vit.build_checked(lambda: vit.from_config(model_kwargs))
-  except ValueError as e:
-    shown = ", ".join(f"{k}={v}" for k, v in model_kwargs.items() if v is not None)
-    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: bad model settings ({shown}): {e}") from None
-
-
-def resolve_subject(checkpoint: str, *, name: str | None = None, model_kwargs: dict | None = None,
-                    cards_dirs: list[str] | None = None, timm_model: str | None = None,
-                    timm_kwargs: dict | None = None, posemb_resize: str | None = None) -> Subject:
-  """`pixels`, a card (name or .toml path), or a checkpoint path of any registered format with model settings from
-  flags (big_vision fields, or a timm architecture name plus timm overrides) or from its own metadata (evalkit's
-  orbax checkpoints, Hugging Face config.json). The name becomes a results directory: it must be a safe file name."""
+def resolve_subject(checkpoint: str, *, name: str | None = None, model_options: dict | None = None,
+                    cards_dirs: list[str] | None = None, posemb_resize: str | None = None) -> Subject:
+  """`pixels`, a card (name or .toml path), or a checkpoint path of any registered format with model settings in
+  the format's terms (`model_options`: big_vision fields, or a timm architecture name plus timm overrides) or from the
+  checkpoint itself (evalkit's orbax metadata, Hugging Face config.json). The name becomes a results directory: it
+  must be a safe file name."""
   if name is not None:
     fileio.safe_name(name, "--name")
   if checkpoint == PIXELS:
     return Subject(name=name or PIXELS)
   if _is_card(checkpoint):
     card = cards.load_card(checkpoint, cards_dirs)
-    arch = card.model_config.get("timm_model")
-    return Subject(name=name or card.name, path=str(card.resolved_path()), model=card.model(),
+    built = card.build()
+    return Subject(name=name or card.name, path=str(card.resolved_path()), model=built.model,
                    dont_load=tuple(card.dont_load) or DEFAULT_DONT_LOAD, card=card, format=card.format,
-                   posemb_resize=posemb_resize or card.posemb_resize or None,
-                   architecture=f"timm {arch}" if arch else None)
-  if timm_model:
-    if model_kwargs:
-      raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: give --timm_model or big_vision model flags "
-                                        f"({', '.join(model_kwargs)}), not both")
-    model = timm.architecture(timm_model, **{**(timm_kwargs or {}), "num_classes": 0}).model()
-    return Subject(name=name or _stem(checkpoint), path=checkpoint, model=model, format="timm",
-                   posemb_resize=posemb_resize, architecture=f"timm {timm_model}")
-  if timm_kwargs:
-    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: timm options need --timm_model")
-  if formats.detect(checkpoint).name == "timm":
-    raise checkpoints.CheckpointError(f"checkpoint {checkpoint}: a .safetensors state dict does not say its "
-                                      "architecture; pass --timm_model (e.g. vit_base_patch16_224), or the Hugging "
-                                      "Face save_pretrained directory (with its config.json)")
-  model_kwargs = dict(model_kwargs or {})
-  if not model_kwargs:
-    meta = checkpoints.read_checkpoint_meta(checkpoint) if Path(checkpoint).is_dir() else None
-    if not meta or "model" not in meta:
-      raise checkpoints.CheckpointError(
-          f"checkpoint {checkpoint}: no model settings; pass --variant (and --pool_type, ...) or use a card")
-    model_kwargs = dict(meta["model"])
-  model_kwargs["num_classes"] = None  # features only
-  fmt = formats.detect(checkpoint).name
-  return Subject(name=name or _stem(checkpoint), path=checkpoint, model=_checked_model(checkpoint, model_kwargs),
-                 posemb_resize=posemb_resize, architecture=f"Hugging Face {fmt}" if fmt == "hf" else None)
+                   posemb_resize=posemb_resize or card.posemb_resize or None, architecture=built.architecture)
+  fmt = formats.detect(checkpoint)
+  built = fmt.model(checkpoint, {**(model_options or {}), "num_classes": None})  # features only
+  return Subject(name=name or _stem(checkpoint), path=checkpoint, model=built.model, format=fmt.name,
+                 posemb_resize=posemb_resize, architecture=built.architecture)

@@ -1,4 +1,5 @@
 """Tests for evalkit.checkpoints: formats, fitting, resampling, errors, hash."""
+import json
 import os
 
 import jax
@@ -10,6 +11,7 @@ from flax.traverse_util import flatten_dict
 
 import evalkit
 from evalkit import checkpoints as ckpts
+from evalkit.checkpoints import formats
 from evalkit.models import vit
 
 TINY = dict(width=32, depth=1, mlp_dim=64, num_heads=2, patch_size=7)
@@ -334,3 +336,54 @@ def test_damaged_orbax_checkpoint_is_a_short_one_line_error(tmp_path):
       f.unlink()
   msg = _error(ckpts.read_orbax, path)
   assert str(path) in msg and "cannot restore" in msg and len(msg) < 400
+
+
+# --- A new format is one module: registered, it is read, built and evaluated with nothing else naming it ---------
+# The toy format a user would write in its own module: a directory with one .npy per parameter ("/" in the name
+# becomes "."), and arch.json holding the ViT's settings in big_vision's terms, so it needs no model flags.
+def _is_npy_dir(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, "arch.json"))
+
+
+def _read_npy_dir(spec: str) -> dict:
+  return {name[:-len(".npy")].replace(".", "/"): np.load(os.path.join(spec, name), allow_pickle=False)
+          for name in sorted(os.listdir(spec)) if name.endswith(".npy")}
+
+
+def _npy_dir_model(spec: str, options: dict):
+  with open(os.path.join(spec, "arch.json"), encoding="utf-8") as f:
+    settings = json.load(f)
+  return formats.BuiltModel(vit.from_config({**settings, "num_classes": options.get("num_classes")}), "npy directory")
+
+
+@pytest.fixture()
+def npy_dir_format():
+  formats.register_format(formats.Format("npy_dir", read=_read_npy_dir, claims_dir=_is_npy_dir,
+                                         model_from=_npy_dir_model))
+  yield
+  del formats.FORMATS["npy_dir"]
+
+
+def test_a_registered_format_is_evaluated_like_npz(npy_dir_format, random_vit, data_dir, tmp_path):
+  """The same weights as a big_vision .npz and in the toy format: same fingerprint, same model, same few-shot
+  numbers on digits; the record names the format and where its architecture came from."""
+  from evalkit import distributed, evaluate, subjects, tasks  # pylint: disable=import-outside-toplevel
+  npz = random_vit(0, "gap")
+  npy_dir = tmp_path / "mu7_npy"
+  npy_dir.mkdir()
+  for name, array in ckpts.read_npz(npz).items():
+    np.save(npy_dir / f"{name.replace('/', '.')}.npy", array)
+  (npy_dir / "arch.json").write_text(json.dumps({"variant": "mu/7", "pool_type": "gap"}))
+
+  task = tasks.load_task("digits").replace(shots=(5,), seeds=(0,), headline_shots=5)
+  settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(tmp_path / "results"), progress=False,
+                                   loo=False)
+  records = {}
+  for path, options in ((str(npy_dir), {}), (str(npz), {"variant": "mu/7", "pool_type": "gap"})):
+    subject = subjects.resolve_subject(path, model_options=options)
+    records[subject.name], _, _ = evaluate.evaluate_task(subject, task, settings, distributed.data_mesh())
+  toy, reference = records["mu7_npy"]["checkpoint"], records[os.path.basename(npz)[:-4]]["checkpoint"]
+  assert (toy["format"], toy["architecture"]) == ("npy_dir", "npy directory") and reference["format"] == "npz"
+  assert toy["weights_hash"] == reference["weights_hash"] and toy["model"] == reference["model"]
+  assert records["mu7_npy"]["metrics"] == records[os.path.basename(npz)[:-4]]["metrics"]
+  assert 0.2 < records["mu7_npy"]["metrics"]["5shot"]["value"] < 1.0  # a random mu/7 ViT: above chance on digits

@@ -57,7 +57,7 @@ def test_fewshot_reports_every_extra_test_set(blobs_dir, tmp_path):
 @pytest.mark.slow  # ≈ 20 s on 2 cores
 def test_finetune_reports_every_extra_test_set(blobs_dir, random_vit, tmp_path):
   subject = subjects.resolve_subject(str(random_vit(0, "gap", num_classes=3)), name="mu7",
-                                     model_kwargs={"variant": "mu/7", "pool_type": "gap"})
+                                     model_options={"variant": "mu/7", "pool_type": "gap"})
   task = tasks.make_task(name="blobs_ft", dataset="evalkit_test_blobs", protocol="finetune", train_split="train",
                     test_split="test", pp="decode|resize(28)|value_range(-1, 1)",
                     pp_train="decode|resize(28)|flip_lr|value_range(-1, 1)", batch_size=32, total_steps=30,

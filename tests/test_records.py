@@ -55,7 +55,7 @@ def finetune_results(data_dir, random_vit, tmp_path_factory):
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out), progress=False)
   for seed in (0, 1):
     subject = subjects.resolve_subject(str(random_vit(seed, "gap")), name=f"vit{seed}",
-                                       model_kwargs={"variant": "mu/7", "pool_type": "gap"})
+                                       model_options={"variant": "mu/7", "pool_type": "gap"})
     assert evaluate.run(subject, [task], settings, distributed.data_mesh())[0][1] == "done"
   return out
 

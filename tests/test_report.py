@@ -25,7 +25,7 @@ def results_dir(data_dir, random_vit, tmp_path_factory):
   subject_list = [subjects.resolve_subject(subjects.PIXELS)]
   for seed in (0, 1):
     subject_list.append(subjects.resolve_subject(str(random_vit(seed, "map")), name=f"vit_seed{seed}",
-                                                 model_kwargs={"variant": "mu/7", "pool_type": "map"}))
+                                                 model_options={"variant": "mu/7", "pool_type": "map"}))
   settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(out / "results"), progress=False)
   task_list = [tasks.load_task("digits"), tasks.load_task("digits_heldout")]
   for subject in subject_list:

@@ -17,6 +17,7 @@ import pytest
 
 from evalkit import checkpoints
 from evalkit.checkpoints import fit
+from evalkit.checkpoints.layouts import timm as timm_layout
 from evalkit.models import vit
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -78,21 +79,21 @@ def test_timm_live(case, size, tmp_path):
 
 
 def test_timm_architecture_defaults_by_name():
-  dino = checkpoints.timm.architecture("vit_small_patch14_reg4_dinov2.lvd142m").vit_kwargs()
+  dino = timm_layout.architecture("vit_small_patch14_reg4_dinov2.lvd142m").vit_kwargs()
   assert (dino["width"], dino["depth"], dino["num_heads"], dino["patch_size"]) == (384, 12, 6, (14, 14))
   assert dino["num_registers"] == 4 and dino["layer_scale"] == 1e-5 and dino["mlp_act"] == "gelu"
-  siglip = checkpoints.timm.architecture("vit_so400m_patch14_siglip_384").vit_kwargs()
+  siglip = timm_layout.architecture("vit_so400m_patch14_siglip_384").vit_kwargs()
   assert (siglip["width"], siglip["mlp_dim"], siglip["pool_type"], siglip["class_token"]) == (1152, 4304, "map",
                                                                                             False)
-  clip = checkpoints.timm.architecture("vit_base_patch16_clip_quickgelu_224").vit_kwargs()
+  clip = timm_layout.architecture("vit_base_patch16_clip_quickgelu_224").vit_kwargs()
   assert clip["pre_norm"] and not clip["patch_bias"] and clip["ln_eps"] == 1e-5 and clip["mlp_act"] == "quick_gelu"
   # timm counts 85,798,656 for vit_base_patch16_224 without head; its class token's posemb row (768) lives in `cls`.
-  base = checkpoints.timm.architecture("vit_base_patch16_224", num_classes=0).model()
+  base = timm_layout.architecture("vit_base_patch16_224", num_classes=0).model()
   assert vit.param_count(base) == 85_798_656 - 768
   with pytest.raises(checkpoints.CheckpointError, match="unknown timm architecture"):
-    checkpoints.timm.architecture("resnet50")
+    timm_layout.architecture("resnet50")
   with pytest.raises(checkpoints.CheckpointError, match="not supported"):
-    checkpoints.timm.architecture("vit_base_patch16_224", qk_norm=True)
+    timm_layout.architecture("vit_base_patch16_224", qk_norm=True)
 
 
 def test_timm_state_dict_that_does_not_fit_gets_the_ingestion_report():

@@ -36,7 +36,7 @@ import tomllib
 from typing import Any
 
 from evalkit import fileio
-from evalkit.checkpoints import fit, formats, timm
+from evalkit.checkpoints import fit, formats
 from evalkit.data import pp as pp_lib
 from evalkit.checkpoints.tree import split_spec
 from evalkit.errors import EvalkitError
@@ -63,9 +63,10 @@ class Card:
     format: the registered checkpoint format that reads `path` ("npz", "orbax").
     path: checkpoint path as written in the card (see `resolved_path`).
     source: provenance / citation.
-    model_config: the card's [model] table: `vit.ViT` arguments ("variant"
-      and/or explicit big_vision fields). Named model_config because
-      `model()` builds the module.
+    model_config: the card's [model] table, in its format's terms (`vit.ViT`
+      arguments, "variant" and/or explicit big_vision fields; a timm
+      architecture name and overrides). Named model_config because `model()`
+      builds the module.
     resolution: native (pre-training) square image size in pixels.
     dont_load: regexes of params not to read from the checkpoint.
     published: published numbers, "<task>/<metric>" -> value.
@@ -93,13 +94,13 @@ class Card:
   obtain: str = ""
   card_path: Path | None = None
 
-  def model(self, num_classes: int | None = None) -> vit.VisionTransformer:
-    """The card's ViT; no head by default (feature extraction)."""
+  def build(self, num_classes: int | None = None) -> formats.BuiltModel:
+    """The card's ViT, built by its format from the [model] table; no head by default (feature extraction)."""
     cfg = {k: v for k, v in self.model_config.items() if k != "num_classes"}
-    if "timm_model" in cfg:
-      arch = timm.architecture(cfg.pop("timm_model"), **cfg, num_classes=num_classes or 0)
-      return arch.model()
-    return vit.from_config({**cfg, "num_classes": num_classes})
+    return formats.get(self.format).model(self.resolved_path(), {**cfg, "num_classes": num_classes})
+
+  def model(self, num_classes: int | None = None) -> vit.VisionTransformer:
+    return self.build(num_classes).model
 
   def resolved_path(self) -> str:
     """Checkpoint path with ~ and $VARS expanded, relative to the card's dir."""
@@ -144,8 +145,6 @@ def _check_types(data: dict, card_path) -> None:
     _fail(card_path, "[model] must be a table")
   if data.get("posemb_resize") and data["posemb_resize"] not in fit.POSEMB_RESIZE:
     _fail(card_path, f"posemb_resize must be one of {fit.POSEMB_RESIZE}, got {data['posemb_resize']!r}")
-  if "timm_model" in data["model"] and data["format"] != "timm":
-    _fail(card_path, f"[model] timm_model needs format = \"timm\", got {data['format']!r}")
   dont_load = data.get("dont_load", [])
   if not (isinstance(dont_load, list)
           and all(isinstance(p, str) for p in dont_load)):

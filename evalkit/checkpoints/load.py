@@ -6,7 +6,8 @@
      `big_vision.canonicalize` renames historical big_vision layouts;
   4. `fit.fit_to_model` drops `dont_load`, resamples the posemb (the format's ecosystem's way unless told otherwise),
      validates the tree and casts to the model's dtypes.
-`load_timm` / `load_hf` build the model from a timm architecture name / a config.json as well.
+`model_for` builds the model a checkpoint holds (its format knows how); `load_timm` / `load_hf` build the model from a
+timm architecture name / a config.json and load it in one call.
 Every problem raises `CheckpointError` with one line that names the path and what is wrong.
 """
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from evalkit.checkpoints import big_vision, fit, formats, hf, timm
+from evalkit.checkpoints import fit, formats
 from evalkit.checkpoints.formats.safetensors import directory_tensor_names, tensor_shapes
+from evalkit.checkpoints.layouts import big_vision, hf, timm
 from evalkit.checkpoints.tree import CheckpointError, flatten
 
 
@@ -79,6 +81,15 @@ def read_checkpoint_meta(path: str | os.PathLike, *,
   """evalkit's metadata stored with a checkpoint (model config, training), or None."""
   fmt = formats.get(format) if format else formats.detect(path)
   return fmt.read_meta(os.fspath(path))
+
+
+def model_for(path: str | os.PathLike, options: dict, *,
+              format: str | None = None) -> formats.BuiltModel:  # pylint: disable=redefined-builtin
+  """The model a checkpoint holds, built by its format from `options` (a card's [model] table or the model flags,
+  plus `num_classes`: None for features only) and what the checkpoint says about itself; `format` as in
+  `load_checkpoint`."""
+  fmt = formats.get(format) if format else formats.detect(path)
+  return fmt.model(os.fspath(path), options)
 
 
 def load_checkpoint(path: str | os.PathLike, *, model, image_size=(224, 224), dont_load: Iterable[str] = (),

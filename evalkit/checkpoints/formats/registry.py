@@ -1,9 +1,10 @@
 """The checkpoint-format registry: what a path is decides which reader reads it.
 
-A format registers a reader (path spec -> flat arrays exactly as stored), optionally a writer and a metadata reader,
-and says which paths are its own: file suffixes, or a test on a directory. `detect` picks the format of a path; a
-card's `format` field names one directly (`get`). Adding a format is one module in this folder that calls
-`register_format`, imported in `formats/__init__.py` (docs/architecture.md).
+A format registers a reader (path spec -> flat arrays exactly as stored), how to build the model its files hold
+(`model_from`), optionally a writer, a metadata reader and a converter of its parameter names, and says which paths
+are its own: file suffixes, or a test on a directory. `detect` picks the format of a path; a card's `format` field
+names one directly (`get`). Nothing outside this folder asks which format a checkpoint has: adding one is one module
+here that calls `register_format`, imported in `formats/__init__.py` (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -14,6 +15,29 @@ from typing import Callable
 import numpy as np
 
 from evalkit.checkpoints.tree import CheckpointError, split_spec
+from evalkit.models import vit
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltModel:
+  """The ViT a checkpoint holds, and where its architecture comes from when it is not evalkit's own naming
+  (e.g. "timm vit_small_patch14_dinov2"; recorded with every result)."""
+  model: vit.VisionTransformer
+  architecture: str | None = None
+
+
+def big_vision_model(spec: str, options: dict, read_meta: Callable[[str], dict | None]) -> BuiltModel:
+  """A model from big_vision's settings (`variant`, `pool_type`, ... as `vit.ViT` takes them), or, when none are
+  given, from the settings saved beside the checkpoint (evalkit's own metadata)."""
+  options = dict(options)
+  num_classes = options.pop("num_classes", None)
+  if not options:
+    meta = read_meta(spec) if os.path.isdir(split_spec(spec)[0]) else None
+    if not meta or "model" not in meta:
+      raise CheckpointError(f"checkpoint {spec}: no model settings; pass --variant (and --pool_type, ...) or use a "
+                            "card")
+    options = dict(meta["model"])
+  return BuiltModel(vit.from_config({**options, "num_classes": num_classes}))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,6 +45,9 @@ class Format:
   """One way checkpoints are stored.
 
   read(spec) -> flat dict of numpy arrays as stored (after `:prefix` selection, before any renames);
+  model_from(spec, options) -> BuiltModel: the model the checkpoint holds, from `options` (a card's [model] table or
+  the model flags, in the ecosystem's own terms, plus `num_classes`: None for features only) and whatever the
+  checkpoint says about itself (None: big_vision's settings, else the checkpoint's metadata: `big_vision_model`);
   convert(flat, model, spec) -> the same arrays under evalkit's (big_vision's) names for `model` (None: the
   format's names already are big_vision's, `big_vision.canonicalize` handles historical layouts);
   write(path, params, **kw) saves a params tree; read_meta(spec) -> evalkit metadata saved beside it, or None
@@ -38,6 +65,19 @@ class Format:
   fallback_for: str | None = None
   convert: Callable | None = None
   posemb_resize: str = "linear"
+  model_from: Callable[[str, dict], BuiltModel] | None = None
+
+  def model(self, spec: str, options: dict) -> BuiltModel:
+    """The model of checkpoint `spec` (see `model_from`), its shapes traced once: a bad setting fails here in one
+    line (naming the checkpoint and the settings), before any data is read."""
+    make = self.model_from or (lambda s, o: big_vision_model(s, o, self.read_meta))
+    try:
+      built = make(spec, dict(options))
+      vit.build_checked(lambda: built.model)
+    except (TypeError, ValueError) as e:
+      shown = ", ".join(f"{k}={v}" for k, v in options.items() if v is not None)
+      raise CheckpointError(f"checkpoint {spec}: bad model settings ({shown}): {' '.join(str(e).split())}") from None
+    return built
 
 
 FORMATS: dict[str, Format] = {}

@@ -14,8 +14,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from evalkit.checkpoints import torch_layout
-from evalkit.checkpoints.torch_layout import StateDict
+from evalkit.checkpoints.layouts import pytorch
+from evalkit.checkpoints.layouts.pytorch import StateDict
 from evalkit.checkpoints.tree import CheckpointError, one_line
 from evalkit.models import vit
 
@@ -116,21 +116,21 @@ def _prefix(flat: Mapping[str, np.ndarray], family: str) -> str:
 def _vit_block(sd, src, dst, model, out, family):
   """One encoder layer of HF ViT / DINOv2."""
   att = f"{src}.attention"
-  torch_layout.layer_norm(sd, f"{src}.{'layernorm_before' if family == 'vit' else 'norm1'}", f"{dst}/LayerNorm_0", out)
+  pytorch.layer_norm(sd, f"{src}.{'layernorm_before' if family == 'vit' else 'norm1'}", f"{dst}/LayerNorm_0", out)
   qkv = {k: (sd.take(f"{att}.attention.{k}.weight"), sd.take(f"{att}.attention.{k}.bias"))
          for k in ("query", "key", "value")}
-  torch_layout.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=qkv["query"],
+  pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=qkv["query"],
                          k=qkv["key"], v=qkv["value"],
                          o=(sd.take(f"{att}.output.dense.weight"), sd.take(f"{att}.output.dense.bias")))
-  torch_layout.layer_norm(sd, f"{src}.{'layernorm_after' if family == 'vit' else 'norm2'}", f"{dst}/LayerNorm_1", out)
+  pytorch.layer_norm(sd, f"{src}.{'layernorm_after' if family == 'vit' else 'norm2'}", f"{dst}/LayerNorm_1", out)
   if family == "vit":
     fc1, fc2 = f"{src}.intermediate.dense", f"{src}.output.dense"
   elif model.mlp_act == "swiglu":
     fc1, fc2 = f"{src}.mlp.weights_in", f"{src}.mlp.weights_out"
   else:
     fc1, fc2 = f"{src}.mlp.fc1", f"{src}.mlp.fc2"
-  torch_layout.linear(sd, fc1, f"{dst}/MlpBlock_0/Dense_0", out)
-  torch_layout.linear(sd, fc2, f"{dst}/MlpBlock_0/Dense_1", out)
+  pytorch.linear(sd, fc1, f"{dst}/MlpBlock_0/Dense_0", out)
+  pytorch.linear(sd, fc2, f"{dst}/MlpBlock_0/Dense_1", out)
   if model.layer_scale is not None:
     for branch in (0, 1):
       gamma = sd.take(f"{src}.layer_scale{branch + 1}.lambda1")
@@ -140,14 +140,14 @@ def _vit_block(sd, src, dst, model, out, family):
 
 def _clip_block(sd, src, dst, model, out):
   """One encoder layer of HF SigLIP / CLIP (q_proj, k_proj, v_proj, out_proj)."""
-  torch_layout.layer_norm(sd, f"{src}.layer_norm1", f"{dst}/LayerNorm_0", out)
+  pytorch.layer_norm(sd, f"{src}.layer_norm1", f"{dst}/LayerNorm_0", out)
   proj = {k: (sd.take(f"{src}.self_attn.{k}_proj.weight"), sd.take(f"{src}.self_attn.{k}_proj.bias"))
           for k in ("q", "k", "v", "out")}
-  torch_layout.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=proj["q"], k=proj["k"],
+  pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=proj["q"], k=proj["k"],
                          v=proj["v"], o=proj["out"])
-  torch_layout.layer_norm(sd, f"{src}.layer_norm2", f"{dst}/LayerNorm_1", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
+  pytorch.layer_norm(sd, f"{src}.layer_norm2", f"{dst}/LayerNorm_1", out)
+  pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
 
 
 def _siglip_head(sd, src, model, out):
@@ -156,14 +156,14 @@ def _siglip_head(sd, src, model, out):
   probe = sd.take(f"{src}.probe")
   if probe is not None:
     out[f"{dst}/probe"] = probe
-  q, k, v = torch_layout.split_rows(sd.take(f"{src}.attention.in_proj_weight"), 3)
-  bq, bk, bv = torch_layout.split_rows(sd.take(f"{src}.attention.in_proj_bias"), 3)
-  torch_layout.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
+  q, k, v = pytorch.split_rows(sd.take(f"{src}.attention.in_proj_weight"), 3)
+  bq, bk, bv = pytorch.split_rows(sd.take(f"{src}.attention.in_proj_bias"), 3)
+  pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
                          v=(v, bv), o=(sd.take(f"{src}.attention.out_proj.weight"),
                                        sd.take(f"{src}.attention.out_proj.bias")))
-  torch_layout.layer_norm(sd, f"{src}.layernorm", f"{dst}/LayerNorm_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
+  pytorch.layer_norm(sd, f"{src}.layernorm", f"{dst}/LayerNorm_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
 
 
 def convert(flat: Mapping[str, np.ndarray], model, config: Mapping[str, Any], spec: str) -> dict[str, np.ndarray]:
@@ -177,39 +177,39 @@ def convert(flat: Mapping[str, np.ndarray], model, config: Mapping[str, Any], sp
     for other in ("text_model.", "text_projection.", "visual_projection.", "logit_scale", "logit_bias"):
       sd.discard_prefix(other)
     emb = f"{p}embeddings"
-    torch_layout.patch_conv(sd, f"{emb}.patch_embedding", out, bias=model.patch_bias)
+    pytorch.patch_conv(sd, f"{emb}.patch_embedding", out, bias=model.patch_bias)
     pos = sd.take(f"{emb}.position_embedding.weight")
     pos = None if pos is None else pos[None]
     if family == "clip":
       cls = sd.take(f"{emb}.class_embedding")
       if cls is not None:
         out["cls"] = cls.reshape(1, 1, -1)
-      torch_layout.fold_prefix_posemb(out, pos, class_token=True, num_registers=0)
-      torch_layout.layer_norm(sd, f"{p}pre_layrnorm", "pre_norm", out)  # sic: transformers' name
+      pytorch.fold_prefix_posemb(out, pos, class_token=True, num_registers=0)
+      pytorch.layer_norm(sd, f"{p}pre_layrnorm", "pre_norm", out)  # sic: transformers' name
     elif pos is not None:
       out["pos_embedding"] = pos
     sd.discard(f"{emb}.position_ids")
     for i in range(model.depth):
       _clip_block(sd, f"{p}encoder.layers.{i}", f"Transformer/encoderblock_{i}", model, out)
-    torch_layout.layer_norm(sd, f"{p}post_layernorm", "fc_norm" if family == "clip" else "Transformer/encoder_norm",
+    pytorch.layer_norm(sd, f"{p}post_layernorm", "fc_norm" if family == "clip" else "Transformer/encoder_norm",
                             out)
     if model.pool_type == "map":
       _siglip_head(sd, f"{p}head", model, out)
   else:
     emb = f"{p}embeddings"
-    torch_layout.patch_conv(sd, f"{emb}.patch_embeddings.projection", out, bias=True)
+    pytorch.patch_conv(sd, f"{emb}.patch_embeddings.projection", out, bias=True)
     cls = sd.take(f"{emb}.cls_token")
     if cls is not None:
       out["cls"] = cls
-    torch_layout.fold_prefix_posemb(out, sd.take(f"{emb}.position_embeddings"), class_token=True, num_registers=0)
+    pytorch.fold_prefix_posemb(out, sd.take(f"{emb}.position_embeddings"), class_token=True, num_registers=0)
     sd.discard(f"{emb}.mask_token")  # masked-image-modelling input only
     for i in range(model.depth):
       _vit_block(sd, f"{p}encoder.layer.{i}", f"Transformer/encoderblock_{i}", model, out, family)
-    torch_layout.layer_norm(sd, f"{p}layernorm", "Transformer/encoder_norm", out)
+    pytorch.layer_norm(sd, f"{p}layernorm", "Transformer/encoder_norm", out)
     if model.rep_size:
-      torch_layout.linear(sd, f"{p}pooler.dense", "pre_logits", out)
+      pytorch.linear(sd, f"{p}pooler.dense", "pre_logits", out)
     if model.num_classes and "classifier.weight" in sd:  # without one, fitting reports the head
-      torch_layout.linear(sd, "classifier", "head", out)
+      pytorch.linear(sd, "classifier", "head", out)
     else:
       sd.discard("classifier.weight", "classifier.bias")
   sd.check(spec, f"Hugging Face {config['model_type']} ({vit.describe(model)})")

@@ -14,23 +14,26 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from evalkit.checkpoints import torch_layout
-from evalkit.checkpoints.torch_layout import StateDict
+from evalkit.checkpoints.layouts import pytorch
+from evalkit.checkpoints.layouts.pytorch import StateDict
 from evalkit.checkpoints.tree import CheckpointError
 from evalkit.models import vit
 
-# timm size name -> (embed_dim, depth, num_heads, mlp_ratio), from timm's model definitions.
-SIZES: dict[str, tuple[int, int, int, float]] = {
-    "tiny": (192, 12, 3, 4.0),
-    "small": (384, 12, 6, 4.0),
-    "medium": (512, 12, 8, 4.0),
-    "base": (768, 12, 12, 4.0),
-    "large": (1024, 24, 16, 4.0),
-    "huge": (1280, 32, 16, 4.0),
-    "giant": (1408, 40, 16, 48 / 11),
-    "gigantic": (1664, 48, 16, 64 / 13),
-    "so400m": (1152, 27, 16, 3.7362),
-}
+# timm's size names for evalkit's VARIANTS: the same widths, depths, heads and MLP sizes under other names.
+_VARIANT_OF_SIZE = {"tiny": "Ti", "small": "S", "medium": "M", "base": "B", "large": "L", "huge": "H", "giant": "g",
+                    "gigantic": "G", "so400m": "So400m"}
+# timm states so400m's MLP as mlp_ratio=3.7362, not 4304 / 1152: int(embed_dim * mlp_ratio) decides the hidden size
+# when embed_dim is overridden, so timm's own ratio is kept (the others are exact quotients: 4, 48/11, 64/13).
+_TIMM_MLP_RATIO = {"so400m": 3.7362}
+
+
+def _size(name: str) -> tuple[int, int, int, float]:
+  width, depth, mlp_dim, num_heads = vit.VARIANTS[_VARIANT_OF_SIZE[name]]
+  return width, depth, num_heads, _TIMM_MLP_RATIO.get(name, mlp_dim / width)
+
+
+# timm size name -> (embed_dim, depth, num_heads, mlp_ratio).
+SIZES: dict[str, tuple[int, int, int, float]] = {name: _size(name) for name in _VARIANT_OF_SIZE}
 FAMILIES = ("vit (AugReg / original)", "deit", "deit3", "vit_*_gap", "vit_*_dinov2", "vit_*_reg<N>_dinov2",
             "vit_*_siglip", "vit_*_siglip_gap", "vit_*_clip", "vit_*_clip_quickgelu")
 
@@ -145,14 +148,14 @@ def architecture(model_name: str, **kwargs) -> TimmArchitecture:
 
 def _block(sd: StateDict, i: int, model, out: dict) -> None:
   src, dst = f"blocks.{i}", f"Transformer/encoderblock_{i}"
-  torch_layout.layer_norm(sd, f"{src}.norm1", f"{dst}/LayerNorm_0", out)
-  q, k, v = torch_layout.split_rows(sd.take(f"{src}.attn.qkv.weight"), 3)
-  bq, bk, bv = torch_layout.split_rows(sd.take(f"{src}.attn.qkv.bias"), 3)
-  torch_layout.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
+  pytorch.layer_norm(sd, f"{src}.norm1", f"{dst}/LayerNorm_0", out)
+  q, k, v = pytorch.split_rows(sd.take(f"{src}.attn.qkv.weight"), 3)
+  bq, bk, bv = pytorch.split_rows(sd.take(f"{src}.attn.qkv.bias"), 3)
+  pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
                          v=(v, bv), o=(sd.take(f"{src}.attn.proj.weight"), sd.take(f"{src}.attn.proj.bias")))
-  torch_layout.layer_norm(sd, f"{src}.norm2", f"{dst}/LayerNorm_1", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
+  pytorch.layer_norm(sd, f"{src}.norm2", f"{dst}/LayerNorm_1", out)
+  pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
   if model.layer_scale is not None:
     for branch in (0, 1):
       gamma = sd.take(f"{src}.ls{branch + 1}.gamma")
@@ -166,14 +169,14 @@ def _attn_pool(sd: StateDict, model, out: dict) -> None:
   probe = sd.take(f"{src}.latent")
   if probe is not None:
     out[f"{dst}/probe"] = probe
-  k, v = torch_layout.split_rows(sd.take(f"{src}.kv.weight"), 2)
-  bk, bv = torch_layout.split_rows(sd.take(f"{src}.kv.bias"), 2)
-  torch_layout.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads,
+  k, v = pytorch.split_rows(sd.take(f"{src}.kv.weight"), 2)
+  bk, bv = pytorch.split_rows(sd.take(f"{src}.kv.bias"), 2)
+  pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads,
                          q=(sd.take(f"{src}.q.weight"), sd.take(f"{src}.q.bias")), k=(k, bk), v=(v, bv),
                          o=(sd.take(f"{src}.proj.weight"), sd.take(f"{src}.proj.bias")))
-  torch_layout.layer_norm(sd, f"{src}.norm", f"{dst}/LayerNorm_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
-  torch_layout.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
+  pytorch.layer_norm(sd, f"{src}.norm", f"{dst}/LayerNorm_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
+  pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
 
 
 def _square(n: int) -> bool:
@@ -204,7 +207,7 @@ def convert(flat: Mapping[str, np.ndarray], model, spec: str) -> dict[str, np.nd
     raise CheckpointError(f"checkpoint {spec}: has Hugging Face transformers names, not timm's: pass the "
                           "save_pretrained directory (with its config.json), format \"hf\"")
   sd, out = StateDict(flat), {}
-  torch_layout.patch_conv(sd, "patch_embed.proj", out, bias=model.patch_bias)
+  pytorch.patch_conv(sd, "patch_embed.proj", out, bias=model.patch_bias)
   if model.has_class_token:
     cls = sd.take("cls_token")
     if cls is not None:
@@ -215,21 +218,21 @@ def convert(flat: Mapping[str, np.ndarray], model, spec: str) -> dict[str, np.nd
       out["registers"] = reg
   pos = sd.take("pos_embed")
   if pos is not None and _posemb_has_prefix_rows(pos, model, spec):
-    torch_layout.fold_prefix_posemb(out, pos, class_token=model.has_class_token, num_registers=model.num_registers)
+    pytorch.fold_prefix_posemb(out, pos, class_token=model.has_class_token, num_registers=model.num_registers)
   elif pos is not None:
     out["pos_embedding"] = pos
   if model.pre_norm:
-    torch_layout.layer_norm(sd, "norm_pre", "pre_norm", out)
+    pytorch.layer_norm(sd, "norm_pre", "pre_norm", out)
   for i in range(model.depth):
     _block(sd, i, model, out)
   if model.final_norm:
-    torch_layout.layer_norm(sd, "norm", "Transformer/encoder_norm", out)
+    pytorch.layer_norm(sd, "norm", "Transformer/encoder_norm", out)
   if model.pool_type == "map":
     _attn_pool(sd, model, out)
   if model.fc_norm:
-    torch_layout.layer_norm(sd, "fc_norm", "fc_norm", out)
+    pytorch.layer_norm(sd, "fc_norm", "fc_norm", out)
   if model.num_classes and "head.weight" in sd:  # without one, fitting reports the head (or re-initialises it)
-    torch_layout.linear(sd, "head", "head", out)
+    pytorch.linear(sd, "head", "head", out)
   else:
     sd.discard("head.weight", "head.bias")  # features only: a stored classifier is not needed
   sd.check(spec, vit.describe(model))
