@@ -208,14 +208,14 @@ def _check_out_file(flag: str, path: str) -> None:
 
 
 def cmd_report() -> int:
-  from evalkit import results
+  from evalkit import evaluate, results
   from evalkit.analysis import scaling
   from evalkit.report import leaderboard
   if not FLAGS.out:
     raise UsageError("--out (a directory) is required")
   _check_out_dir(FLAGS.out)
   try:
-    records = results.load_all(FLAGS.results_dir)
+    records = evaluate.with_published(results.load_all(FLAGS.results_dir))
   except ValueError as e:
     raise UsageError(str(e)) from None
   studies = scaling.analyze_all(records, bootstrap=FLAGS.bootstrap_samples)
@@ -299,7 +299,7 @@ def _scaling_fit(after_sweep: bool) -> int:
   """Analyses the sweep's (--workdir) or any (--results_dir) results; writes to --out (default <workdir>/scaling)."""
   from pathlib import Path
   import jax
-  from evalkit import results
+  from evalkit import evaluate, results
   from evalkit.analysis import scaling
   from evalkit.report import leaderboard, scaling_view
   results_dir = Path(FLAGS.workdir) / "results" if FLAGS.workdir else Path(FLAGS.results_dir)
@@ -307,7 +307,7 @@ def _scaling_fit(after_sweep: bool) -> int:
   if out is None:
     raise UsageError("--out is required with --results_dir (or pass the sweep's --workdir)")
   _check_out_dir(out)
-  records = results.load_all(results_dir)
+  records = evaluate.with_published(results.load_all(results_dir))
   studies = scaling.analyze_all(records, bootstrap=FLAGS.bootstrap_samples)
   if not studies:
     why = (f"no scaling results in {results_dir}: every task needs checkpoints with training compute in their "

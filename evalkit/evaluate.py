@@ -5,6 +5,7 @@ finished ones skipped. It knows no protocol: everything protocol-specific lives 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 
@@ -12,6 +13,7 @@ import jax
 
 from evalkit import fileio, results, tasks
 from evalkit.adapters import EvalSettings
+from evalkit.checkpoints import cards
 from evalkit.data.errors import DatasetNotPrepared, DatasetUnreadable
 from evalkit.subjects import Subject
 
@@ -23,8 +25,44 @@ def evaluate_task(subject: Subject, task: tasks.Task, settings: EvalSettings, me
   """One task through its adapter; returns (record, manifest, items), nothing written."""
   t0 = time.perf_counter()
   outcome = task.adapter.run(subject, task, settings, mesh, **adapter_kw)
-  record = results.build_record(task, outcome, {"total_s": time.perf_counter() - t0})
+  record = results.build_record(task, outcome, {"total_s": time.perf_counter() - t0},
+                                published=published_numbers(subject.card, task.name, task.spec_hash))
   return record, outcome.manifest, outcome.items
+
+
+@functools.lru_cache(maxsize=None)
+def _registry_spec_hash(task_name: str) -> str | None:
+  try:
+    return tasks.load_task(task_name).spec_hash
+  except tasks.TaskError:
+    return None
+
+
+def published_numbers(card: cards.Card | None, task_name: str, spec_hash: str) -> dict[str, float]:
+  """The card's published accuracies (fractions) for the metrics of `task_name`, only when the evaluated spec is the
+  registry's task of that name: a card's "<task>/<metric>" names the spec the number was measured with (resolution,
+  shots, averaging), so a differently configured task of the same name (an edited spec, an out-of-tree copy) gets
+  none."""
+  if card is None or spec_hash != _registry_spec_hash(task_name):
+    return {}
+  return {metric: value / 100 for key, value in card.published.items()
+          for task, _, metric in [key.partition("/")] if task == task_name}
+
+
+def with_published(records: list[dict], cards_dirs=None) -> list[dict]:
+  """Records written before results carried their card's published numbers (`evalkit.result/1`, `/2`), with them
+  looked up in the cards now; /3 records as they are."""
+  @functools.cache
+  def card(name: str) -> cards.Card | None:
+    try:
+      return cards.load_card(name, cards_dirs)
+    except cards.CardError:
+      return None
+
+  return [r if "published" in r or not r["checkpoint"].get("card") else
+          {**r, "published": published_numbers(card(r["checkpoint"]["card"]), r["task"]["name"],
+                                               r["task"]["spec_hash"])}
+          for r in records]
 
 
 def _finished(path, overwrite: bool) -> bool:
@@ -73,4 +111,4 @@ def run(subject: Subject, task_list: list[tasks.Task], settings: EvalSettings, m
   return rows
 
 
-__all__ = ["EvalSettings", "evaluate_task", "run"]
+__all__ = ["EvalSettings", "evaluate_task", "published_numbers", "run", "with_published"]

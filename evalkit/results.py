@@ -1,15 +1,18 @@
 """Result records: one JSON file per (checkpoint, task), written atomically, with full provenance.
 
-Schema `evalkit.result/2` (README.md, "Result files"; `Record` below):
+Schema `evalkit.result/3` (README.md, "Result files"; `Record` below):
   schema, checkpoint{name, kind, path, format, weights_hash, model, featurizer, card, training},
   task{name, spec_hash, spec, dataset}, protocol, headline{metric, value}, metrics{<name>: Metric},
-  the protocol's details (few-shot: episodes, loo_l2_grid; fine-tune: chosen_lr, lr_curve), extra_tests, data,
-  manifest (file name of the training-set manifest), items (file name of the per-test-item predictions, .npz),
+  details (the protocol's own: few-shot episodes and loo_l2_grid; fine-tune chosen_lr and lr_curve; ...),
+  published{<metric>: accuracy} (the checkpoint card's published numbers for this very task spec), extra_tests,
+  data, manifest (file name of the training-set manifest), items (file name of the per-test-item predictions, .npz),
   provenance{evalkit, git_sha, jax, flax, devices, ...}, timings{...}.
-Every metric has one shape, whatever the protocol: {value, se, ci95, n} plus the protocol's extras (per_seed, std,
-loo). Items are one layout: `episodes` (E names: "10shot/seed0", ..., or "top1", "top1_polyak") × test items
-(`predictions` E × n, `test_ids`, `test_labels`); the episodes of a metric are those named `<metric>` or
-`<metric>/...`. Files of `evalkit.result/1` are read and upgraded on load. Accuracies are fractions in [0, 1].
+Records are the contract between evaluation and everything after it: reports and analyses read what a record says
+and nothing else (no task spec, no card). Every metric has one shape, whatever the protocol: {value, se, ci95, n}
+plus the protocol's extras (per_seed, std, loo; `shots` on a k-shot metric). Items are one layout: `episodes` (E
+names: "10shot/seed0", ..., or "top1", "top1_polyak") × test items (`predictions` E × n, `test_ids`,
+`test_labels`); the episodes of a metric are those named `<metric>` or `<metric>/...`. Files of `evalkit.result/1`
+and `/2` are read and upgraded on load. Accuracies are fractions in [0, 1].
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -31,8 +35,12 @@ import numpy as np
 from evalkit import fileio
 from evalkit.errors import EvalkitError
 
-SCHEMA = "evalkit.result/2"
-OLDER_SCHEMAS = ("evalkit.result/1",)
+SCHEMA = "evalkit.result/3"
+OLDER_SCHEMAS = ("evalkit.result/1", "evalkit.result/2")
+# The keys every record has, whatever its protocol; /1 and /2 records put the protocol's details beside them.
+_SKELETON = ("schema", "checkpoint", "task", "protocol", "headline", "metrics", "details", "published",
+             "extra_tests", "data", "manifest", "items", "provenance", "timings", "sidecar_sha256", "upgraded_from")
+_K_SHOT = re.compile(r"(\d+)shot")
 
 
 class Metric(TypedDict, total=False):
@@ -49,6 +57,8 @@ class Record(TypedDict, total=False):
   protocol: str
   headline: dict  # {metric, value}
   metrics: dict[str, Metric]
+  details: dict
+  published: dict[str, float]
   extra_tests: dict
   data: dict
   manifest: str
@@ -142,8 +152,9 @@ def episodes_of(items: dict, metric: str) -> list[int]:
   return [i for i, key in enumerate(items["episodes"]) if str(key) == metric or str(key).startswith(metric + "/")]
 
 
-def build_record(task, outcome, timings: dict | None = None) -> Record:
-  """The result record of one adapter run (`adapters.Outcome`) on `task`: the same skeleton for every protocol."""
+def build_record(task, outcome, timings: dict | None = None, published: dict | None = None) -> Record:
+  """The result record of one adapter run (`adapters.Outcome`) on `task`: the same skeleton for every protocol.
+  `published`: the card's published accuracies for this task's metrics (fractions), shown beside ours in reports."""
   metrics = outcome.metrics
   return {
       "schema": SCHEMA,
@@ -152,7 +163,8 @@ def build_record(task, outcome, timings: dict | None = None) -> Record:
       "protocol": task.protocol,
       "headline": {"metric": task.headline_metric, "value": metrics.get(task.headline_metric, {}).get("value")},
       "metrics": metrics,
-      **outcome.details,
+      "details": outcome.details,
+      "published": published or {},
       **({"extra_tests": outcome.extra_tests} if outcome.extra_tests else {}),
       "data": outcome.data,
       "provenance": provenance(),
@@ -172,23 +184,32 @@ def load_items(result_file: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _upgrade(record: dict) -> Record:
-  """An `evalkit.result/1` record in the /2 shape: few-shot metrics had `mean` where every metric now has `value`."""
-  n = record.get("data", {}).get("n_test")
-  for m in record.get("metrics", {}).values():
-    for entry in (m, m.get("loo")):
-      if isinstance(entry, dict) and "mean" in entry:
-        entry["value"] = entry.pop("mean")
-    if n is not None:
-      m.setdefault("n", n)
-  for extra in record.get("extra_tests", {}).values():
-    for m in extra.get("metrics", {}).values():
-      if "mean" in m:
-        m["value"] = m.pop("mean")
-  return {**record, "schema": SCHEMA, "upgraded_from": record["schema"]}
+  """An `evalkit.result/1` or `/2` record in the /3 shape: /1 few-shot metrics had `mean` where every metric now has
+  `value`; the protocol's details stood beside the skeleton, not under `details`; k-shot metrics did not say their
+  shots (their names did); published numbers were not recorded (`evalkit report` looks them up in the cards)."""
+  # Malformed files are left for `_shape_problem` to name: only well-formed parts are upgraded here.
+  extras = record.get("extra_tests")
+  tables = [record.get("metrics")] + [e.get("metrics") for e in (extras.values() if isinstance(extras, dict) else ())
+                                      if isinstance(e, dict)]
+  for table in (t for t in tables if isinstance(t, dict)):
+    for name, m in ((k, m) for k, m in table.items() if isinstance(m, dict)):
+      for entry in (m, m.get("loo")):
+        if isinstance(entry, dict) and "mean" in entry:
+          entry["value"] = entry.pop("mean")
+      k_shot = _K_SHOT.fullmatch(name.partition(".")[0])
+      if k_shot:
+        m["shots"] = int(k_shot.group(1))
+  n = record["data"].get("n_test") if isinstance(record.get("data"), dict) else None
+  if n is not None and isinstance(record.get("metrics"), dict):
+    for m in record["metrics"].values():
+      if isinstance(m, dict):
+        m.setdefault("n", n)
+  details = {key: record.pop(key) for key in list(record) if key not in _SKELETON}
+  return {**record, "details": details, "schema": SCHEMA, "upgraded_from": record["schema"]}
 
 
 def load(path: str | os.PathLike) -> Record:
-  """A result record (either schema), as `evalkit.result/2`; ValueError for anything else."""
+  """A result record (any schema), as `evalkit.result/3`; ValueError for anything else."""
   try:
     with open(path) as f:
       record = json.load(f)

@@ -127,3 +127,24 @@ def test_bad_cards_are_one_line_errors(tmp_path, edit, needle):
     cards.load_card(path)
   msg = str(info.value)
   assert needle in msg and str(path) in msg and "\n" not in msg
+
+
+def test_a_users_card_puts_its_published_number_into_the_record_and_the_leaderboard(tmp_path, data_dir):
+  """A card found through --cards_dir: its "digits/10shot" goes into the record of the registry's digits spec (and
+  so beside the result), and not into the record of a differently configured digits."""
+  from evalkit import distributed, evaluate  # pylint: disable=import-outside-toplevel
+  from evalkit.report import leaderboard  # pylint: disable=import-outside-toplevel
+  (tmp_path / "tiny.toml").write_text(TINY_CARD)
+  card = cards.load_card("tiny", cards_dirs=[tmp_path])
+  ckpts.save_npz(tmp_path / "weights" / "tiny.npz",
+                 card.model().init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)))["params"])
+  subject = subjects.resolve_subject("tiny", cards_dirs=[tmp_path])
+  settings = evaluate.EvalSettings(data_dir=data_dir, results_dir=str(tmp_path / "results"), progress=False,
+                                   loo=False)
+  digits = tasks.load_task("digits")
+  record, _, _ = evaluate.evaluate_task(subject, digits, settings, distributed.data_mesh())
+  assert record["published"] == {"10shot": 0.5}
+  (cell,) = leaderboard.build([record]).cells.values()
+  assert cell.published == 50.0 and 0.0 < cell.value < 1.0
+  other, _, _ = evaluate.evaluate_task(subject, digits.replace(seeds=(0,)), settings, distributed.data_mesh())
+  assert other["task"]["spec_hash"] != record["task"]["spec_hash"] and other["published"] == {}

@@ -61,8 +61,9 @@ def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_d
     for seed in (0, 1, 2):
       assert rec["metrics"][f"{k}shot"]["per_seed"][str(seed)] == direct[(k, seed)]
   assert rec["headline"] == {"metric": "10shot", "value": rec["metrics"]["10shot"]["value"]}
-  for ep in rec["episodes"]:
-    assert ep["loo_l2_reg"] in rec["loo_l2_grid"] and len(ep["loo_errors"]) == len(rec["loo_l2_grid"])
+  details = rec["details"]
+  for ep in details["episodes"]:
+    assert ep["loo_l2_reg"] in details["loo_l2_grid"] and len(ep["loo_errors"]) == len(details["loo_l2_grid"])
 
   items = results.load_items(path)  # per-test-item outcomes, for paired comparisons
   assert items["predictions"].shape == (12, 500) and list(items["test_ids"]) == list(range(500))

@@ -61,7 +61,7 @@ def test_finetune_top1_on_digits(selection_run):
   top1 = record["metrics"]["top1"]
   # Measured 0.87 (1 device) and 0.92 (8 devices) for this briefly pre-trained toy checkpoint; chance is 0.10. The
   # bar sits well under both, so reduction order and CPU type cannot move a correct run across it.
-  assert top1["value"] >= 0.75, record["lr_curve"]
+  assert top1["value"] >= 0.75, record["details"]["lr_curve"]
   lo, hi = top1["ci95"]
   assert lo < top1["value"] < hi and hi - lo < 0.10  # ≈ 2·1.96·sqrt(p(1−p)/500)
   assert record["headline"] == {"metric": "top1", "value": top1["value"]}
@@ -69,17 +69,17 @@ def test_finetune_top1_on_digits(selection_run):
   assert record["metrics"]["top1_polyak"]["value"] > 0.2
   assert {"top1.top5", "top1.mean_per_class", "top1_polyak.top5"} <= set(record["metrics"])
   assert 0 <= record["metrics"]["top1"]["ece"] < 1 and len(record["metrics"]["top1"]["per_class"]) == 10
-  assert record["lr_curve"][2]["minival_top1_polyak"] is not None
+  assert record["details"]["lr_curve"][2]["minival_top1_polyak"] is not None
 
 
 @pytest.mark.slow
 def test_lr_selection_skips_diverged_runs(selection_run):
   record, _ = selection_run
-  curve = {c["lr"]: c for c in record["lr_curve"]}
+  curve = {c["lr"]: c for c in record["details"]["lr_curve"]}
   assert curve[1e6]["diverged"] and curve[1e6]["minival_top1"] is None and curve[1e6]["diverged_at_step"]
   assert not curve[1e-5]["diverged"] and not curve[0.1]["diverged"]
-  best = max((c for c in record["lr_curve"] if not c["diverged"]), key=lambda c: c["minival_top1"])
-  assert record["chosen_lr"] == best["lr"]
+  best = max((c for c in record["details"]["lr_curve"] if not c["diverged"]), key=lambda c: c["minival_top1"])
+  assert record["details"]["chosen_lr"] == best["lr"]
 
 
 def test_choose_picks_the_best_minival_and_never_a_diverged_run():
@@ -129,7 +129,7 @@ def test_interrupted_finetune_resumes_identical(forty_steps, digits_ckpt, data_d
   task, mesh = forty_steps_task(), distributed.data_mesh()
   evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path), mesh, stop_at=20)
   resumed, _, _ = evaluate.evaluate_task(digits_ckpt, task, settings(data_dir, tmp_path), mesh)
-  assert resumed["metrics"] == forty_steps["metrics"] and resumed["lr_curve"] == forty_steps["lr_curve"]
+  assert resumed["metrics"] == forty_steps["metrics"] and resumed["details"] == forty_steps["details"]
 
 
 @pytest.mark.slow

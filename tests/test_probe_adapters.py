@@ -72,11 +72,12 @@ def test_knn_adapter_equals_the_probe_on_cached_features(probe_run):
 def test_linear_probe_chooses_C_on_validation_and_matches_sklearn(probe_run):
   _, records, cached = probe_run
   r = records["digits_linear_probe"]
-  curve = r["val_curve"]
-  assert len(curve) == 45 and r["chosen_C"] == curve[int(np.argmax([c["val_top1"] for c in curve]))]["C"]
-  assert (r["n_fit"], r["n_val"]) == (1167, 130)
+  details = r["details"]
+  curve = details["val_curve"]
+  assert len(curve) == 45 and details["chosen_C"] == curve[int(np.argmax([c["val_top1"] for c in curve]))]["C"]
+  assert (details["n_fit"], details["n_val"]) == (1167, 130)
   train, test = cached[1297], cached[500]
-  sk = LogisticRegression(C=r["chosen_C"], tol=1e-8, max_iter=20000).fit(train["x"], train["labels"])
+  sk = LogisticRegression(C=details["chosen_C"], tol=1e-8, max_iter=20000).fit(train["x"], train["labels"])
   assert r["metrics"]["top1"]["value"] == pytest.approx(sk.score(test["x"], test["labels"]), abs=0.01)
 
 
@@ -84,16 +85,17 @@ def test_linear_probe_chooses_C_on_validation_and_matches_sklearn(probe_run):
 def test_ridge_full_adapter_equals_an_in_memory_whitened_solve(probe_run):
   _, records, cached = probe_run
   r = records["digits_ridge_full"]
+  details = r["details"]
   train, test = cached[1297], cached[500]
   x, y = train["x"].astype(np.float64), train["labels"]
   mean, std = x.mean(0), x.std(0) + ridge.STD_EPS
   z = np.c_[(x - mean) / std, np.full(len(x), ridge.BIAS_FEATURE)]
-  w = np.linalg.solve(z.T @ z + r["chosen_l2_reg"] * np.eye(z.shape[1]), z.T @ (2.0 * np.eye(10)[y] - 1))
+  w = np.linalg.solve(z.T @ z + details["chosen_l2_reg"] * np.eye(z.shape[1]), z.T @ (2.0 * np.eye(10)[y] - 1))
   zt = np.c_[(test["x"] - mean) / std, np.full(len(test["x"]), ridge.BIAS_FEATURE)]
   want = np.mean((zt @ w).argmax(1) == test["labels"])
   assert r["metrics"]["top1"]["value"] == pytest.approx(want, abs=0.004)  # at most 2 of 500 items
-  gcv = [row["gcv"] for row in r["gcv_curve"]]
-  assert r["chosen_l2_reg"] == r["gcv_curve"][int(np.argmin(gcv))]["l2_reg"]
+  gcv = [row["gcv"] for row in details["gcv_curve"]]
+  assert details["chosen_l2_reg"] == details["gcv_curve"][int(np.argmin(gcv))]["l2_reg"]
 
 
 

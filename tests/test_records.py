@@ -6,12 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import ONE_DEVICE, run_cli
 from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
 from evalkit.report import leaderboard
 
 V1 = Path(__file__).parent / "data" / "results_v1"  # written by evalkit before the /2 schema (digits, CPU)
+V2 = Path(__file__).parent / "data" / "results_v2"  # written by evalkit before the /3 schema (pixels on digits, CPU)
 
 
 @pytest.fixture()
@@ -30,6 +31,37 @@ def test_v1_records_load_in_the_current_shape(v1_results):
   assert list(items["episodes"]) == ["top1"] and items["predictions"].shape == (1, 500)
   finetune = results.load(v1_results / "digits_tiny_step_60" / "digits_finetune.json")
   assert np.mean(items["predictions"][0] == items["test_labels"]) == finetune["metrics"]["top1"]["value"]
+
+
+@pytest.mark.slow  # ≈ 25 s on 2 cores
+def test_v2_records_load_in_the_current_shape_with_the_numbers_evalkit_computes_today(data_dir, tmp_path):
+  """/2 records kept the protocol's details beside the skeleton and said shots only in metric names: loaded, they
+  have the /3 shape, and pixels on digits computed now gives the same numbers, details and items."""
+  old = {name: results.load(V2 / "pixels" / f"{name}.json") for name in ("digits", "digits_linear_probe")}
+  for record in old.values():
+    assert record["schema"] == results.SCHEMA and record["upgraded_from"] == "evalkit.result/2"
+  assert set(old["digits"]["details"]) == {"episodes", "loo_l2_grid"}
+  assert {"chosen_C", "val_curve", "n_fit", "n_val", "final_iterations"} == set(old["digits_linear_probe"]["details"])
+  assert [old["digits"]["metrics"][f"{k}shot{s}"]["shots"] for k in (1, 25) for s in ("", ".top5")] == [1, 1, 25, 25]
+  assert "shots" not in old["digits_linear_probe"]["metrics"]["top1"]
+
+  # As the files were written: `evalkit eval` on one CPU device. (The few-shot LOO error curve at λ ≤ 1, where
+  # pixel features are ill-conditioned, moves with the device count; the chosen λ and every metric do not.)
+  proc = run_cli("eval", "--checkpoint=pixels", f"--tasks={','.join(old)}", f"--data_dir={data_dir}",
+                 f"--results_dir={tmp_path}", "--cache_dir=", "--noprogress", env_extra=ONE_DEVICE)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  for name, before in old.items():
+    now = results.load(results.result_path(tmp_path, "pixels", name))
+    assert now["schema"] == results.SCHEMA and "upgraded_from" not in now and now["published"] == {}
+    assert now["task"]["spec_hash"] == before["task"]["spec_hash"]
+    assert now["metrics"] == before["metrics"] and now["headline"] == before["headline"], name
+    assert now["details"] == before["details"], name
+    old_items, new_items = (results.load_items(p) for p in (V2 / "pixels" / f"{name}.json",
+                                                            results.result_path(tmp_path, "pixels", name)))
+    np.testing.assert_array_equal(old_items["predictions"], new_items["predictions"])
+  report = run_cli("report", f"--results_dir={V2}", f"--out={tmp_path / 'report'}")
+  assert report.returncode == 0, report.stderr[-1000:]
+  assert "| pixels | 83.60 [80.0, 87.2] |" in (tmp_path / "report" / "leaderboard.md").read_text()
 
 
 def test_v1_results_in_report_compare_and_gate(v1_results, tmp_path):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from evalkit import distributed, evaluate, results, subjects, tasks
+from evalkit.checkpoints import cards
 from evalkit.analysis import compare, pretraining_gain
 from evalkit.analysis.pretraining_gain import Column
 from evalkit.report import leaderboard, plotting, tables
@@ -135,17 +136,25 @@ def test_mcnemar_reference_values():
 
 
 def test_published_number_only_beside_a_result_of_the_same_protocol(results_dir):
-  """A card's "<task>/<metric>" is shown next to a result only when the result's spec hash is that task's."""
+  """A card's "<task>/<metric>" goes into a record (and so beside the result) only when the evaluated spec is that
+  task's; records written before results carried it get it from the card when reported."""
+  card, spec_hash = cards.load_card("vit_g14"), tasks.load_task("imagenet2012").spec_hash
+  published = evaluate.published_numbers(card, "imagenet2012", spec_hash)
+  assert published["10shot"] == pytest.approx(0.8486) and "top1_polyak" not in published  # another task's number
+  assert evaluate.published_numbers(card, "imagenet2012", "0123456789abcdef") == {}  # e.g. 5 seeds, another size
+  assert evaluate.published_numbers(None, "imagenet2012", spec_hash) == {}
   record = results.load(results_dir / "vit_seed0" / "digits.json")
+  assert record["published"] == {}  # no card
   record["checkpoint"]["card"] = "vit_g14"
-  record["task"]["name"] = "imagenet2012"
+  record["task"]["name"], record["task"]["spec_hash"] = "imagenet2012", spec_hash
   record["headline"]["metric"] = "10shot"
-  record["metrics"]["10shot"] = dict(record["metrics"]["10shot"])
-  record["task"]["spec_hash"] = tasks.load_task("imagenet2012").spec_hash
-  (cell,) = leaderboard.build([record]).cells.values()
+  (cell,) = leaderboard.build([{**record, "published": published}]).cells.values()
   assert cell.published == 84.86
-  record["task"]["spec_hash"] = "0123456789abcdef"  # e.g. the same name with 5 seeds or another resolution
-  (cell,) = leaderboard.build([record]).cells.values()
+  del record["published"]  # as in an evalkit.result/2 file
+  (older,) = evaluate.with_published([record])
+  assert older["published"] == published
+  record["task"]["spec_hash"] = "0123456789abcdef"
+  (cell,) = leaderboard.build(evaluate.with_published([record])).cells.values()
   assert cell.published is None
 
 

@@ -62,3 +62,15 @@ def test_imports_follow_the_architecture_docs_order():
         if theirs is not None and theirs > mine and mine != -1 or (mine == -1 and theirs not in (-1, None)):
           upward.append(f"{module} imports {target}")
   assert not upward, upward
+
+
+def test_reports_and_analyses_read_records_only():
+  """Records are the contract (docs/architecture.md): report/ and analysis/ import neither task specs nor cards."""
+  root = Path(__file__).resolve().parent.parent
+  found = []
+  for path in sorted([*(root / "evalkit" / "report").rglob("*.py"), *(root / "evalkit" / "analysis").rglob("*.py")]):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = ([node.module] + [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom)
+               and node.module else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+      found += [f"{path.name} imports {n}" for n in names if n in ("evalkit.tasks", "evalkit.checkpoints.cards")]
+  assert not found, found

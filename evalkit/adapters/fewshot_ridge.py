@@ -66,10 +66,12 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
   extras = frozen.score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
                                     functools.partial(_predict_per_seed, cfg, train, num_classes),
                                     metric=extra_tests.fewshot_metric)
+  for extra in extras.values():
+    _with_shots(extra["metrics"], cfg.shots)
   keys = [f"{ep.shots}shot/seed{ep.seed}" for ep in episodes]
   return frozen.outcome(
       subject, featurizer, readers, image_size, feats, timings,
-      metrics=_metrics(episodes, test.labels, num_classes),
+      metrics=_with_shots(_metrics(episodes, test.labels, num_classes), cfg.shots),
       details={"episodes": [{"shots": ep.shots, "seed": ep.seed, "l2_reg": ep.l2_reg, "accuracy": ep.accuracy,
                              "loo_l2_reg": ep.loo_l2_reg, "loo_accuracy": ep.loo_accuracy,
                              "loo_errors": ep.loo_errors} for ep in episodes],
@@ -80,6 +82,15 @@ def run(subject, task, settings: EvalSettings, mesh) -> Outcome:
                 "episodes": {key: train.ids[ep.train_positions].tolist() for key, ep in zip(keys, episodes)}},
       items=results.make_items(test.ids, test.labels, keys, [ep.predictions for ep in episodes],
                                top_classes=[ep.top_classes for ep in episodes]))
+
+
+def _with_shots(metrics: dict, shots) -> dict:
+  """Each k-shot metric (top-1 and its derived statistics) says its k: reports read the number, not the name."""
+  for k in shots:
+    for name in (f"{k}shot", *metrics_lib.derived_names(f"{k}shot")):
+      if name in metrics:
+        metrics[name]["shots"] = k
+  return metrics
 
 
 def _metrics(episodes, labels, num_classes) -> dict:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import functools
 import html
 import io
 import json
-import re
 from pathlib import Path
 
-from evalkit import fileio, metrics, results, tasks
-from evalkit.checkpoints import cards
+from evalkit import fileio, metrics, results
 from evalkit.report import plotting, scaling_view, tables
 
 HEADLINE_FIRST = ("imagenet2012", "imagenet2012_finetune")
@@ -59,45 +56,22 @@ def _headline_cell(record: dict) -> tuple[str, Cell] | None:
   return metric, Cell(value, ci, record["task"]["spec_hash"], se=results.metric_se(m) if ci else None)
 
 
-def _published(record: dict, task: str, metric: str, card_cache: dict) -> float | None:
-  """The card's published number for (task, metric), but only beside a result computed under that task's protocol.
-
-  A card's `"<task>/<metric>"` names the task spec the number was measured with (resolution, shots, averaging); a
-  result of a differently configured task of the same name (an edited spec, an out-of-tree copy) gets none.
-  """
-  name = record["checkpoint"].get("card")
-  if not name or not _same_protocol_as_registry(record, task):
-    return None
-  if name not in card_cache:
-    try:
-      card_cache[name] = cards.load_card(name)
-    except cards.CardError:
-      card_cache[name] = None
-  card = card_cache[name]
-  return card.published.get(f"{task}/{metric}") if card else None
-
-
-@functools.lru_cache(maxsize=None)
-def _registry_spec_hash(task: str) -> str | None:
-  try:
-    return tasks.load_task(task).spec_hash
-  except tasks.TaskError:
-    return None
-
-
-def _same_protocol_as_registry(record: dict, task: str) -> bool:
-  return record["task"].get("spec_hash") == _registry_spec_hash(task)
+def _published(record: dict, metric: str) -> float | None:
+  """The checkpoint card's published number (percent) for this metric, as the record carries it: written at eval
+  time only for the very task spec the card's number was measured with (evaluate.published_numbers)."""
+  value = record.get("published", {}).get(metric)
+  return None if value is None else round(100 * value, 10)
 
 
 def build(records: list[dict]) -> Board:
-  cells, columns, card_cache = {}, [], {}
+  cells, columns = {}, []
   for r in records:
     got = _headline_cell(r)
     if got is None:
       continue
     metric, cell = got
     column = (r["task"]["name"], metric)
-    cell.published = _published(r, *column, card_cache)
+    cell.published = _published(r, metric)
     cells[(r["checkpoint"]["name"], column)] = cell
     if column not in columns:
       columns.append(column)
@@ -179,13 +153,10 @@ def csv_text(board: Board) -> str:
 # Plots (matplotlib, embedded as PNG data URIs).
 
 
-SHOTS = re.compile(r"(\d+)shot")
-
-
 def _shot_curve(record: dict) -> list[tuple[int, float]]:
-  """(shots, value) of a record whose metrics are k-shot accuracies, else []."""
-  pairs = [(int(m.group(1)), v["value"]) for name, v in record["metrics"].items() if (m := SHOTS.fullmatch(name))]
-  return sorted(pairs)
+  """(shots, top-1) of a record whose metrics are k-shot accuracies, else []."""
+  return sorted((m["shots"], m["value"]) for name, m in record["metrics"].items()
+                if "shots" in m and metrics.metric_parts(name)[1] == "top1")
 
 
 def checkpoint_colors(names) -> dict[str, str]:

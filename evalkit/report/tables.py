@@ -6,6 +6,7 @@ import dataclasses
 import html
 from collections.abc import Sequence
 
+from evalkit import metrics
 from evalkit.analysis import pretraining_gain
 
 
@@ -38,12 +39,12 @@ def _cell(metric: dict | None) -> str:
 
 def fewshot_markdown(records: list[dict]) -> str:
   """Rows: checkpoints (in first-seen order); columns: task × shots. Accuracies in %, mean ± std over seeds."""
-  task_shots: dict[str, list[str]] = {}
+  task_shots: dict[str, dict[str, int]] = {}  # task -> {metric: shots}
   for r in records:
-    cols = task_shots.setdefault(r["task"]["name"], [])
-    cols.extend(m for m in r["metrics"] if m not in cols and "." not in m)  # k-shot top-1, not `10shot.top5`
-  for cols in task_shots.values():
-    cols.sort(key=lambda m: int(m.removesuffix("shot")))
+    cols = task_shots.setdefault(r["task"]["name"], {})
+    cols.update((name, m["shots"]) for name, m in r["metrics"].items()
+                if "shots" in m and metrics.metric_parts(name)[1] == "top1")  # k-shot top-1, not `10shot.top5`
+  task_shots = {t: sorted(cols, key=cols.get) for t, cols in task_shots.items()}
   names = list(dict.fromkeys(r["checkpoint"]["name"] for r in records))
   by_key = {(r["checkpoint"]["name"], r["task"]["name"]): r for r in records}
   header = ["checkpoint"] + [f"{t} {m}" for t, cols in task_shots.items() for m in cols]
@@ -61,12 +62,13 @@ def finetune_markdown(records: list[dict]) -> str:
   """Rows: (checkpoint, task); top-1 with its bootstrap 95% CI, the chosen lr and the minival lr curve."""
   lines = ["| checkpoint | task | top-1 | 95% CI | chosen lr | minival top-1 by lr |", "|---|---|---|---|---|---|"]
   for r in records:
-    top1 = r["metrics"].get("top1")
+    top1, details = r["metrics"].get("top1"), r["details"]
     curve = ", ".join(f"{c['lr']:g}: " + ("diverged" if c["diverged"] else f"{100 * c['minival_top1']:.1f}")
-                      for c in r["lr_curve"])
+                      for c in details["lr_curve"])
     value = f"{100 * top1['value']:.1f}" if top1 else "–"
     ci = f"{100 * top1['ci95'][0]:.1f}–{100 * top1['ci95'][1]:.1f}" if top1 else "–"
-    lines.append(f"| {r['checkpoint']['name']} | {r['task']['name']} | {value} | {ci} | {r['chosen_lr']} | {curve} |")
+    cells = [r["checkpoint"]["name"], r["task"]["name"], value, ci, str(details["chosen_lr"]), curve]
+    lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
