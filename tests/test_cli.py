@@ -140,7 +140,7 @@ def test_every_flag_is_read_by_a_command_and_every_command_names_real_flags():
   """The command table (`cli.COMMANDS`) is the one place a flag is attached to a command: each flag evalkit defines
   shows in some command's --help, each flag a command lists exists, and the positional usage matches the arity."""
   from evalkit import cli
-  defined = {flag.name for flag in cli.FLAGS.get_flags_for_module(cli)}
+  defined = {flag.name for flag in cli.FLAGS.get_flags_for_module(cli.flag_definitions)}
   named = {name for command in cli.COMMANDS.values() for name in command.flags}
   assert defined == named, (sorted(defined - named), sorted(named - defined))
   assert {name: c.arity for name, c in cli.COMMANDS.items() if c.arity} == {"compare": 2, "scaling": 1}

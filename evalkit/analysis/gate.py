@@ -108,6 +108,14 @@ def exit_code(checks: list[Check]) -> int:
   return 1 if "regression" in statuses else 0
 
 
+def undecided(checks: list[Check], results_dir) -> str:
+  """Why the gate cannot decide (exit code 2), in one line: what is missing or was computed under another spec."""
+  counts = {s: sum(c.status == s for c in checks) for s in ("missing", "incomparable")}
+  return (f"gate cannot decide: {counts['missing']} baseline metric(s) missing and {counts['incomparable']} "
+          f"computed under another task spec in {results_dir} (table above); rerun the evaluations, or write a new "
+          "baseline for a changed spec")
+
+
 def markdown(checks: list[Check]) -> str:
   """A table fit for a CI step summary (e.g. $GITHUB_STEP_SUMMARY)."""
   verdict = {0: "passed", 1: "FAILED: regression", 2: "FAILED: missing or incomparable results"}[exit_code(checks)]
