@@ -1,4 +1,4 @@
-"""Fault injection for the crash-safety tests (tests/test_faults.py, docs/robustness.md).
+"""Fault injection for the crash-safety tests (tests/command/test_faults.py, docs/robustness.md).
 
 `EVALKIT_KILL_AT=<point>:<n>` SIGKILLs the process the n-th time it passes `point` (counted from 1 in this
 process); `EVALKIT_FAULT_TRACE=<file>` appends the name of every point passed to `file`, so a test can list a run's

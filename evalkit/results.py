@@ -243,6 +243,9 @@ def _shape_problem(record: dict) -> str | None:
   metrics = record.get("metrics")
   if not isinstance(metrics, dict):
     return "no metrics table"
+  published = record.get("published", {})
+  if not isinstance(published, dict) or not all(_is_number(v) and 0.0 <= v <= 1.0 for v in published.values()):
+    return "published numbers are not accuracies in [0, 1]"
   for name, m in metrics.items():
     if not isinstance(m, dict) or not _is_number(m.get("value")) or not math.isfinite(m["value"]):
       return f"metric {name!r} has no finite value"

@@ -79,6 +79,8 @@ def subprocess_timeout() -> float:
 # rerun): one CPU device, as a user's run has. On 2 cores the 8 virtual devices cost ≈ 1.5× in training steps, and the
 # multi-device paths are covered by the tests that compare device counts.
 ONE_DEVICE = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+# Committed reference files: timm fixtures, result files of older schemas, regression pins.
+FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
 
 def run_cli(*args, env_extra=None) -> subprocess.CompletedProcess:

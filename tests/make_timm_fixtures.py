@@ -1,4 +1,4 @@
-"""Makes the committed timm reference fixtures in tests/data/timm/ (run where `import timm` works).
+"""Makes the committed timm reference fixtures in tests/fixtures/timm/ (run where `import timm` works).
 
 For each case: a tiny timm VisionTransformer of the named family, every parameter perturbed (so no init value such
 as a zero bias or a unit LayerNorm scale can hide a conversion bug), saved the way timm users save one
@@ -10,8 +10,8 @@ with `run_size` also has outputs of the same weights at another resolution, load
   python tests/make_timm_fixtures.py [out_dir]
 
 timm imports torchvision: the `torch` test extra installs a matching torch / torchvision pair and timm (BUILD.md).
-tests/test_timm_hf.py checks evalkit against these files everywhere and, where timm imports, against timm live through
-`build_case`.
+tests/checkpoints/test_timm_hf.py checks evalkit against these files everywhere and, where timm imports, against timm
+live through `build_case`.
 """
 from __future__ import annotations
 
@@ -101,4 +101,4 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "data", "timm"))
+  main(sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "fixtures", "timm"))

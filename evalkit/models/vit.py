@@ -5,7 +5,7 @@ a big_vision (or, after the renames in `evalkit.checkpoints`, an original
 google-research/vision_transformer) `.npz` checkpoint loads into this model by
 name, with no per-checkpoint conversion table. Everything that changes the
 parameter tree (names, shapes, which params exist) is therefore part of the
-contract and covered by tests/test_vit.py.
+contract and covered by tests/models/test_vit.py.
 
 Options beyond big_vision (docs/checkpoint_families.md) let the same module run the timm / Hugging Face families
 (DINOv2, SigLIP, CLIP, DeiT): a class token and register tokens independent of the pooling, layer scale, a norm

@@ -9,7 +9,7 @@ With L tokens, width D, MLP width M, patch p, depth N, K classes:
   per encoder block    2·L·D·3D (q, k, v) + 2·L²·D (scores) + 2·L²·D (weighted values) + 2·L·D·D (out) + 4·L·D·M (MLP)
   MAP head             2·D·D (probe query) + 4·L·D² (k, v) + 4·L·D (attention) + 2·D·D (out) + 4·D·M (MLP)
   pre_logits, head     2·D·R, 2·R·K   (R = rep_size or D)
-tests/test_flops.py checks this against XLA's cost analysis of the compiled forward.
+tests/training/test_flops.py checks this against XLA's cost analysis of the compiled forward.
 """
 from __future__ import annotations
 

@@ -76,7 +76,8 @@ class Format:
       vit.build_checked(lambda: built.model)
     except (TypeError, ValueError) as e:
       shown = ", ".join(f"{k}={v}" for k, v in options.items() if v is not None)
-      raise CheckpointError(f"checkpoint {spec}: bad model settings ({shown}): {' '.join(str(e).split())}") from None
+      raise CheckpointError(f"checkpoint {spec} (format {self.name}): bad model settings ({shown}): "
+                            f"{' '.join(str(e).split())}") from None
     return built
 
 

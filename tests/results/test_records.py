@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ONE_DEVICE, run_cli
+from conftest import FIXTURES, ONE_DEVICE, run_cli
 from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
 from evalkit.report import leaderboard
 
-V1 = Path(__file__).parent / "data" / "results_v1"  # written by evalkit before the /2 schema (digits, CPU)
-V2 = Path(__file__).parent / "data" / "results_v2"  # written by evalkit before the /3 schema (pixels on digits, CPU)
+V1 = Path(FIXTURES) / "results_v1"  # written by evalkit before the /2 schema (digits, CPU)
+V2 = Path(FIXTURES) / "results_v2"  # written by evalkit before the /3 schema (pixels on digits, CPU)
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from evalkit import distributed, evaluate, results, subjects, tasks
 from evalkit.analysis import compare
 from evalkit.probes import knn, ridge
 
-from conftest import run_cli
+from conftest import FIXTURES, run_cli
 
 PP = "decode|resize(28)|value_range(-1, 1)"
 
@@ -103,11 +103,11 @@ def test_ridge_full_adapter_equals_an_in_memory_whitened_solve(probe_run):
 def test_frozen_probes_predict_what_they_predicted_before_the_template(probe_run):
   """The four frozen-feature adapters, rebuilt on one template (`adapters/frozen.py`), give the same records: every
   test item's prediction per episode, the headline and the spec hash equal those the adapters wrote before it (raw
-  pixels on digits, this session's 8 CPU devices: tests/data/frozen_probes_digits_pixels*). The top-5 rankings
+  pixels on digits, this session's 8 CPU devices: tests/fixtures/frozen_probes_digits_pixels*). The top-5 rankings
   agree too; ranks 2–5 of near-ties may swap with float rounding (1 vs 8 devices: 2 of 500 rows), so up to 1% of
   rows may differ there."""
   out, records, _ = probe_run
-  data = Path(__file__).parent / "data"
+  data = Path(FIXTURES)
   before = json.loads((data / "frozen_probes_digits_pixels.json").read_text())
   with np.load(data / "frozen_probes_digits_pixels_top5.npz") as z:
     top5 = {k: z[k] for k in z.files}

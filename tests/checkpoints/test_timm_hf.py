@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +19,10 @@ from evalkit.checkpoints import fit
 from evalkit.checkpoints.layouts import timm as timm_layout
 from evalkit.models import vit
 
-sys.path.insert(0, os.path.dirname(__file__))
-import make_timm_fixtures as fixtures  # noqa: E402  pylint: disable=wrong-import-position
+import make_timm_fixtures as fixtures  # tests/ is on the path (conftest.py lives there)
+from conftest import FIXTURES
 
-TIMM_DIR = os.path.join(os.path.dirname(__file__), "data", "timm")
+TIMM_DIR = os.path.join(FIXTURES, "timm")
 MANIFEST = json.load(open(os.path.join(TIMM_DIR, "manifest.json"), encoding="utf-8"))
 TOL = 5e-5
 
@@ -229,7 +228,7 @@ def test_eval_timm_and_hf_checkpoints_on_digits_then_leaderboard(tmp_path, data_
   assert hf_record["checkpoint"]["format"] == "hf" and hf_record["checkpoint"]["posemb_resize"] == "bicubic"
 
   # Beside an evalkit-trained checkpoint (a committed record of the pre-training stage's digits_tiny run).
-  shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "results_v1", "digits_tiny_step_60"),
+  shutil.copytree(os.path.join(FIXTURES, "results_v1", "digits_tiny_step_60"),
                   results / "digits_tiny_step_60")
   proc = run_cli("report", f"--results_dir={results}", f"--out={tmp_path / 'report'}", "--bootstrap_samples=20")
   assert proc.returncode == 0, proc.stderr[-2000:]

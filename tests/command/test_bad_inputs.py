@@ -142,7 +142,11 @@ def files(tmp_path_factory):
                                                 "metrics": {"10shot": {"value": 0.5, "se": 0.01}}}),
                        ("results_name_type", {"schema": "evalkit.result/2", "checkpoint": {"name": 7},
                                               "task": {"name": "digits", "spec_hash": "0"},
-                                              "metrics": {"10shot": {"value": 0.5, "se": 0.01}}})):
+                                              "metrics": {"10shot": {"value": 0.5, "se": 0.01}}}),
+                       ("results_published_text", {"schema": "evalkit.result/3", "checkpoint": {"name": "x"},
+                                                   "task": {"name": "digits", "spec_hash": "0"},
+                                                   "metrics": {"10shot": {"value": 0.5, "se": 0.01}},
+                                                   "published": {"10shot": "high"}})):
     (root / stem / "x").mkdir(parents=True)
     (root / stem / "x" / "digits.json").write_text(json.dumps(record))
   (root / "pretrain_batch_text.toml").write_text('base = "digits_tiny"\nbatch_size = "big"\n')
@@ -280,6 +284,8 @@ def cases(r):
        ["digits.json", "metrics"]),
       ("compare: checkpoint name not text", ["compare", "x", "x", f"--results_dir={r / 'results_name_type'}"],
        ["digits.json"]),
+      ("report: published number not a number",
+       ["report", f"--results_dir={r / 'results_published_text'}", f"--out={r / 'o'}"], ["digits.json", "published"]),
       ("report: task name escapes", ["report", f"--results_dir={r / 'results_task_escape'}", f"--out={r / 'o'}"],
        ["digits.json", "../../../x"]),
       ("scaling fit: task name escapes", ["scaling", "fit", f"--results_dir={r / 'results_task_escape'}",
