@@ -16,7 +16,7 @@ Storage formats:
 
 Images are decoded with PIL in both cases (tfds itself would use OpenCV when
 installed, or TF for tfrecord), so pixels never depend on which of those is
-installed. See pp.py for how PIL's JPEG decoding relates to big_vision's.
+installed. See data/pp/__init__.py for how PIL's JPEG decoding relates to big_vision's.
 """
 
 from __future__ import annotations

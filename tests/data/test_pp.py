@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from evalkit.data import pp
+from evalkit.data.pp import resize
 
 
 # --- Straightforward references, written from the TF kernels' definitions ----
@@ -122,7 +123,7 @@ def test_key_convention():
 
 @pytest.mark.parametrize("oh,ow", [(20, 31), (4, 5), (9, 13), (3, 20)])
 def test_bilinear_matches_loop_reference(rand_img, oh, ow):
-  got = pp._resize_bilinear(rand_img, oh, ow)
+  got = resize.resize_bilinear(rand_img, oh, ow)
   np.testing.assert_array_equal(got, ref_bilinear(rand_img, oh, ow))
   # Cast back like big_vision: truncation, not rounding.
   out = pp.resize_image(rand_img, (oh, ow))
@@ -142,7 +143,7 @@ def test_bilinear_known_values():
 
 @pytest.mark.parametrize("oh,ow", [(3, 5), (4, 4), (9, 13), (6, 2), (20, 27)])
 def test_area_matches_loop_reference(rand_img, oh, ow):
-  got = pp._resize_area(rand_img, oh, ow)
+  got = resize.resize_area(rand_img, oh, ow)
   # The reference is exact (float64); TF's kernel accumulates in float32.
   np.testing.assert_allclose(got, ref_area(rand_img.astype(np.float64), oh, ow),
                              rtol=2e-5, atol=1e-4)
@@ -259,7 +260,7 @@ def test_matches_tensorflow_if_installed(method):
     img = rng.integers(0, 256, shape, np.uint8)
     want = tf.image.resize(img, size, method=method, antialias=False).numpy()
     np.testing.assert_array_equal(
-        pp._RESIZERS[method](img, *size).astype(want.dtype), want)
+        resize.RESIZERS[method](img, *size).astype(want.dtype), want)
 
 
 INCEPTION_SIZES = [(375, 500), (224, 224), (28, 28), (600, 200)]
