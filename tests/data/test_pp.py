@@ -131,6 +131,18 @@ def test_bilinear_matches_loop_reference(rand_img, oh, ow):
   np.testing.assert_array_equal(out, ref_bilinear(rand_img, oh, ow).astype(np.uint8))
 
 
+def test_bilinear_is_the_loop_reference_bit_for_bit_on_random_sizes():
+  """200 random (H, W, target) triples, odd sizes, upscales, 1 and 3 channels, uint8 and float inputs."""
+  rng = np.random.default_rng(7)
+  for case in range(200):
+    h, w, oh, ow = (int(v) for v in rng.integers(1, 17, 4))
+    c = int(rng.choice([1, 3]))
+    img = (rng.integers(0, 256, (h, w, c)).astype(np.uint8) if case % 2 else
+           rng.normal(0, 50, (h, w, c)).astype(np.float32))
+    got, want = resize.resize_bilinear(img, oh, ow), ref_bilinear(img, oh, ow)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32)), (h, w, oh, ow, c)
+
+
 def test_bilinear_known_values():
   # 1-D check of half-pixel centers: 2 -> 4 pixels of [0, 100].
   img = np.array([[[0.0], [100.0]]], np.float32)
@@ -255,8 +267,9 @@ def test_matches_tensorflow_if_installed(method):
   """Bit-exact check against TF itself (only where the `tf` extra is installed)."""
   tf = pytest.importorskip("tensorflow")
   rng = np.random.default_rng(5)
-  for shape, size in [((37, 53, 3), (224, 200)), ((300, 411, 3), (256, 256)),
-                      ((28, 28, 1), (8, 9)), ((17, 5, 3), (17, 5))]:
+  random_cases = [((int(h), int(w), 3), (int(oh), int(ow))) for h, w, oh, ow in rng.integers(1, 300, (200, 4))]
+  for shape, size in [((37, 53, 3), (224, 200)), ((300, 411, 3), (256, 256)), ((375, 500, 3), (256, 256)),
+                      ((28, 28, 1), (8, 9)), ((17, 5, 3), (17, 5)), *random_cases]:
     img = rng.integers(0, 256, shape, np.uint8)
     want = tf.image.resize(img, size, method=method, antialias=False).numpy()
     np.testing.assert_array_equal(

@@ -54,17 +54,27 @@ def bilinear_taps(in_size: int, out_size: int):
 
 
 def resize_bilinear(image: np.ndarray, oh: int, ow: int) -> np.ndarray:
-  """Separable bilinear resize; float32 result (TF's ResizeBilinear)."""
-  x = image.astype(np.float32, copy=False)
-  xl, xu, xw = bilinear_taps(x.shape[1], ow)
-  yl, yu, yw = bilinear_taps(x.shape[0], oh)
-  # TF's order: interpolate along x within the two source rows, then along y:
-  # top + (bottom - top) * y_lerp. Interpolating every source row once and
-  # gathering rows afterwards gives the same float32 numbers.
-  left, right = x[:, xl], x[:, xu]
-  rows = left + (right - left) * xw[None, :, None]
-  top, bottom = rows[yl], rows[yu]
-  return top + (bottom - top) * yw[:, None, None]
+  """Separable bilinear resize; float32 result (TF's ResizeBilinear).
+
+  TF's order: interpolate along x within the two source rows, then along y: top + (bottom - top) * y_lerp, every
+  operation in float32. Interpolating each source row once and gathering rows afterwards gives the same numbers;
+  so do gathering columns before the float32 cast (the cast is exact) and lerping in place (the same operations in
+  the same order), which save most of the memory traffic.
+  """
+  xl, xu, xw = bilinear_taps(image.shape[1], ow)
+  yl, yu, yw = bilinear_taps(image.shape[0], oh)
+  rows_read, which = np.unique(np.concatenate([yl, yu]), return_inverse=True)
+  source = image if len(rows_read) == image.shape[0] else image[rows_read]  # only rows some output reads
+  left = np.take(source, xl, axis=1).astype(np.float32)
+  rows = np.take(source, xu, axis=1).astype(np.float32)
+  np.subtract(rows, left, out=rows)
+  np.multiply(rows, xw[None, :, None], out=rows)
+  np.add(rows, left, out=rows)  # left + (right - left) * x_lerp
+  top, out = rows[which[:oh]], rows[which[oh:]]
+  np.subtract(out, top, out=out)
+  np.multiply(out, yw[:, None, None], out=out)
+  np.add(out, top, out=out)  # top + (bottom - top) * y_lerp
+  return out
 
 
 def nearest_taps(in_size: int, out_size: int) -> np.ndarray:
