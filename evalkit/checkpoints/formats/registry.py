@@ -32,7 +32,7 @@ def big_vision_model(spec: str, options: dict, read_meta: Callable[[str], dict |
   options = dict(options)
   num_classes = options.pop("num_classes", None)
   if not options:
-    meta = read_meta(spec) if os.path.isdir(split_spec(spec)[0]) else None
+    meta = read_meta(spec)
     if not meta or "model" not in meta:
       raise CheckpointError(f"checkpoint {spec}: no model settings; pass --variant (and --pool_type, ...) or use a "
                             "card")
@@ -67,13 +67,13 @@ class Format:
   posemb_resize: str = "linear"
   model_from: Callable[[str, dict], BuiltModel] | None = None
 
-  def model(self, spec: str, options: dict) -> BuiltModel:
-    """The model of checkpoint `spec` (see `model_from`), its shapes traced once: a bad setting fails here in one
-    line (naming the checkpoint and the settings), before any data is read."""
+  def model(self, spec: str, options: dict, image_size=(224, 224)) -> BuiltModel:
+    """The model of checkpoint `spec` (see `model_from`), its shapes traced once at `image_size`: a bad setting
+    fails here in one line (naming the checkpoint and the settings), before any data is read."""
     make = self.model_from or (lambda s, o: big_vision_model(s, o, self.read_meta))
     try:
       built = make(spec, dict(options))
-      vit.build_checked(lambda: built.model)
+      vit.build_checked(lambda: built.model, image_size)
     except (TypeError, ValueError) as e:
       shown = ", ".join(f"{k}={v}" for k, v in options.items() if v is not None)
       raise CheckpointError(f"checkpoint {spec} (format {self.name}): bad model settings ({shown}): "

@@ -18,7 +18,8 @@ def _model_from(spec: str, options: dict) -> BuiltModel:
                           "--timm_model (e.g. vit_base_patch16_224), or the Hugging Face save_pretrained directory "
                           "(with its config.json)")
   num_classes = options.pop("num_classes", None) or 0
-  return BuiltModel(timm.architecture(name, **options, num_classes=num_classes).model(), f"timm {name}")
+  arch = timm.architecture(name, **options, num_classes=num_classes)
+  return BuiltModel(arch.model(), arch.describe())
 
 
 register_format(Format("timm", read=read_safetensors, suffixes=(".safetensors",), convert=timm.convert,

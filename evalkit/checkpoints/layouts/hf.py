@@ -120,8 +120,8 @@ def _vit_block(sd, src, dst, model, out, family):
   qkv = {k: (sd.take(f"{att}.attention.{k}.weight"), sd.take(f"{att}.attention.{k}.bias"))
          for k in ("query", "key", "value")}
   pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=qkv["query"],
-                         k=qkv["key"], v=qkv["value"],
-                         o=(sd.take(f"{att}.output.dense.weight"), sd.take(f"{att}.output.dense.bias")))
+                    k=qkv["key"], v=qkv["value"],
+                    o=(sd.take(f"{att}.output.dense.weight"), sd.take(f"{att}.output.dense.bias")))
   pytorch.layer_norm(sd, f"{src}.{'layernorm_after' if family == 'vit' else 'norm2'}", f"{dst}/LayerNorm_1", out)
   if family == "vit":
     fc1, fc2 = f"{src}.intermediate.dense", f"{src}.output.dense"
@@ -144,7 +144,7 @@ def _clip_block(sd, src, dst, model, out):
   proj = {k: (sd.take(f"{src}.self_attn.{k}_proj.weight"), sd.take(f"{src}.self_attn.{k}_proj.bias"))
           for k in ("q", "k", "v", "out")}
   pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=proj["q"], k=proj["k"],
-                         v=proj["v"], o=proj["out"])
+                    v=proj["v"], o=proj["out"])
   pytorch.layer_norm(sd, f"{src}.layer_norm2", f"{dst}/LayerNorm_1", out)
   pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
@@ -159,8 +159,8 @@ def _siglip_head(sd, src, model, out):
   q, k, v = pytorch.split_rows(sd.take(f"{src}.attention.in_proj_weight"), 3)
   bq, bk, bv = pytorch.split_rows(sd.take(f"{src}.attention.in_proj_bias"), 3)
   pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
-                         v=(v, bv), o=(sd.take(f"{src}.attention.out_proj.weight"),
-                                       sd.take(f"{src}.attention.out_proj.bias")))
+                    v=(v, bv), o=(sd.take(f"{src}.attention.out_proj.weight"),
+                                  sd.take(f"{src}.attention.out_proj.bias")))
   pytorch.layer_norm(sd, f"{src}.layernorm", f"{dst}/LayerNorm_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
@@ -192,7 +192,7 @@ def convert(flat: Mapping[str, np.ndarray], model, config: Mapping[str, Any], sp
     for i in range(model.depth):
       _clip_block(sd, f"{p}encoder.layers.{i}", f"Transformer/encoderblock_{i}", model, out)
     pytorch.layer_norm(sd, f"{p}post_layernorm", "fc_norm" if family == "clip" else "Transformer/encoder_norm",
-                            out)
+                       out)
     if model.pool_type == "map":
       _siglip_head(sd, f"{p}head", model, out)
   else:

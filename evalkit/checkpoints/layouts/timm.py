@@ -152,7 +152,7 @@ def _block(sd: StateDict, i: int, model, out: dict) -> None:
   q, k, v = pytorch.split_rows(sd.take(f"{src}.attn.qkv.weight"), 3)
   bq, bk, bv = pytorch.split_rows(sd.take(f"{src}.attn.qkv.bias"), 3)
   pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads, q=(q, bq), k=(k, bk),
-                         v=(v, bv), o=(sd.take(f"{src}.attn.proj.weight"), sd.take(f"{src}.attn.proj.bias")))
+                    v=(v, bv), o=(sd.take(f"{src}.attn.proj.weight"), sd.take(f"{src}.attn.proj.bias")))
   pytorch.layer_norm(sd, f"{src}.norm2", f"{dst}/LayerNorm_1", out)
   pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
@@ -172,8 +172,8 @@ def _attn_pool(sd: StateDict, model, out: dict) -> None:
   k, v = pytorch.split_rows(sd.take(f"{src}.kv.weight"), 2)
   bk, bv = pytorch.split_rows(sd.take(f"{src}.kv.bias"), 2)
   pytorch.attention(out, f"{dst}/MultiHeadDotProductAttention_0", model.num_heads,
-                         q=(sd.take(f"{src}.q.weight"), sd.take(f"{src}.q.bias")), k=(k, bk), v=(v, bv),
-                         o=(sd.take(f"{src}.proj.weight"), sd.take(f"{src}.proj.bias")))
+                    q=(sd.take(f"{src}.q.weight"), sd.take(f"{src}.q.bias")), k=(k, bk), v=(v, bv),
+                    o=(sd.take(f"{src}.proj.weight"), sd.take(f"{src}.proj.bias")))
   pytorch.layer_norm(sd, f"{src}.norm", f"{dst}/LayerNorm_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc1", f"{dst}/MlpBlock_0/Dense_0", out)
   pytorch.linear(sd, f"{src}.mlp.fc2", f"{dst}/MlpBlock_0/Dense_1", out)
