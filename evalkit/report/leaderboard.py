@@ -126,13 +126,9 @@ def _fmt(cell: Cell | None, *, with_ci: bool = True) -> str:
 
 def markdown(board: Board) -> str:
   columns = board.all_columns()
-  head = ["checkpoint"] + [f"{t} {m}" for t, m in columns]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for row in board.rows:
-    lines.append("| " + " | ".join([row] + [_fmt(board.cell(row, c)) for c in columns]) + " |")
-  lines.append("")
-  lines.append("Accuracy % with 95% CI; `≠spec`: computed under another task spec than the column's, not ranked.")
-  return "\n".join(lines) + "\n"
+  table = tables.markdown_table(["checkpoint"] + [f"{t} {m}" for t, m in columns],
+                                [[row] + [_fmt(board.cell(row, c)) for c in columns] for row in board.rows])
+  return table + "\nAccuracy % with 95% CI; `≠spec`: computed under another task spec than the column's, not ranked.\n"
 
 
 def csv_text(board: Board) -> str:

@@ -10,6 +10,12 @@ from evalkit import metrics
 from evalkit.analysis import pretraining_gain
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A GitHub Markdown table, one line per row, ending in a newline."""
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
 @dataclasses.dataclass
 class SummaryTable:
   """A table a reader sees first, then one line saying what to conclude from it."""
@@ -19,9 +25,7 @@ class SummaryTable:
   conclusion: str
 
   def markdown(self) -> str:
-    lines = ["| " + " | ".join(self.header) + " |", "|" + "---|" * len(self.header)]
-    lines += ["| " + " | ".join(row) + " |" for row in self.rows]
-    return f"## {self.title}\n\n" + "\n".join(lines) + f"\n\n{self.conclusion}\n"
+    return f"## {self.title}\n\n{markdown_table(self.header, self.rows)}\n{self.conclusion}\n"
 
   def html(self) -> str:
     esc = html.escape
@@ -48,28 +52,27 @@ def fewshot_markdown(records: list[dict]) -> str:
   names = list(dict.fromkeys(r["checkpoint"]["name"] for r in records))
   by_key = {(r["checkpoint"]["name"], r["task"]["name"]): r for r in records}
   header = ["checkpoint"] + [f"{t} {m}" for t, cols in task_shots.items() for m in cols]
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  rows = []
   for name in names:
     cells = [name]
     for t, cols in task_shots.items():
       r = by_key.get((name, t))
       cells += [_cell(r["metrics"].get(m) if r else None) for m in cols]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    rows.append(cells)
+  return markdown_table(header, rows)
 
 
 def finetune_markdown(records: list[dict]) -> str:
   """Rows: (checkpoint, task); top-1 with its bootstrap 95% CI, the chosen lr and the minival lr curve."""
-  lines = ["| checkpoint | task | top-1 | 95% CI | chosen lr | minival top-1 by lr |", "|---|---|---|---|---|---|"]
+  rows = []
   for r in records:
     top1, details = r["metrics"].get("top1"), r["details"]
     curve = ", ".join(f"{c['lr']:g}: " + ("diverged" if c["diverged"] else f"{100 * c['minival_top1']:.1f}")
                       for c in details["lr_curve"])
     value = f"{100 * top1['value']:.1f}" if top1 else "–"
     ci = f"{100 * top1['ci95'][0]:.1f}–{100 * top1['ci95'][1]:.1f}" if top1 else "–"
-    cells = [r["checkpoint"]["name"], r["task"]["name"], value, ci, str(details["chosen_lr"]), curve]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+    rows.append([r["checkpoint"]["name"], r["task"]["name"], value, ci, str(details["chosen_lr"]), curve])
+  return markdown_table(["checkpoint", "task", "top-1", "95% CI", "chosen lr", "minival top-1 by lr"], rows)
 
 
 def percent_with_ci(metric: dict | None) -> str:
