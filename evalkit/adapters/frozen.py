@@ -1,9 +1,10 @@
 """What every adapter on frozen features shares: the task's train/test features, extracted once and cached, and
-the template of a probe that fits one model per name (kNN, linear probe, full-data ridge): `run_probe`.
+the template of every probe on them (few-shot ridge, kNN, linear probe, full-data ridge): `run_probe`.
 
-Such an adapter supplies only its config and `fit(config, train) -> Fitted`; the template extracts the features,
-scores the fitted probe on the test split and on every extra test set, computes the metrics, the per-item
-predictions and the Outcome.
+Such an adapter supplies only its config and `fit(config, train) -> Fitted`, a predictor that ranks classes for any
+features (one model per metric, or episodes × items for few-shot); the template extracts the features, scores the
+fitted probe on the test split and on every extra test set, computes the metrics, the per-item predictions and the
+Outcome.
 """
 from __future__ import annotations
 
@@ -90,51 +91,90 @@ def local_mesh():
 
 @dataclasses.dataclass(frozen=True)
 class TrainSet:
-  """What a probe is fitted on: the train split's features, labels and example ids, and the devices to solve on."""
+  """What a probe is fitted on: the train split's features, labels and example ids, and the devices to solve on;
+  `split` names it as the task does (`train[800:]`), the base split its example ids count in."""
   x: np.ndarray
   labels: np.ndarray
   ids: np.ndarray
   num_classes: int
   mesh: object
+  split: str
 
 
 @dataclasses.dataclass(frozen=True)
 class Ranked:
-  """A fitted probe's output on n images: per model name, (n, k) classes best first (column 0 is the prediction)
-  and, where the probe has them, class probabilities (for calibration metrics)."""
+  """A fitted probe's output on n images: per row, (n, k) classes best first (column 0 is the prediction) and, where
+  the probe has them, class probabilities (for calibration metrics).
+
+  A row is one fitted model named by its metric (`top1`, `20nn`), or one episode of an episodic probe named
+  `<metric>/<episode>` (`10shot/seed0`): the metric averages its episodes, as `results.episodes_of` reads the items.
+  `aside`: what the probe's `on_test` reads beside the rankings; never written (few-shot: every prediction triple).
+  """
   top: dict[str, np.ndarray]
   probabilities: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  aside: dict = dataclasses.field(default_factory=dict)
+
+  def by_metric(self) -> dict[str, np.ndarray]:
+    """Per metric, the (n, k) ranking of its model or the (E, n, k) rankings of its E episodes, in row order."""
+    rows = {}
+    for row in self.top:
+      rows.setdefault(row.split("/")[0], []).append(row)
+    return {metric: self.top[names[0]] if names == [metric] else np.stack([self.top[r] for r in names])
+            for metric, names in rows.items()}
 
 
 @dataclasses.dataclass(frozen=True)
 class Fitted:
   """What an adapter's `fit` returns: how the probe ranks classes for any features, and what the record says about
-  the fit (`details`: chosen hyper-parameters, curves; `manifest`: which training examples chose them)."""
+  the fit (`details`: chosen hyper-parameters, curves; `manifest`: which training examples chose them).
+
+  An episodic probe also says how an extra test set scores a metric's episodes (`extra_metric`), the fields its
+  metrics carry beside the numbers (`tags`, per metric: few-shot's `shots`), and `on_test(ranked, labels)`: what the
+  record reports of the test split beyond the shared metrics, as (fields added to named metrics, details added).
+  """
   rank: Callable[[np.ndarray], Ranked]
   details: dict
   manifest: dict | None = None
+  extra_metric: Callable[[np.ndarray, np.ndarray], dict] = extra_tests.top1_metric
+  tags: dict[str, dict] = dataclasses.field(default_factory=dict)
+  on_test: Callable[[Ranked, np.ndarray], tuple[dict, dict]] | None = None
+
+  def tagged(self, metrics: dict) -> dict:
+    """`metrics` with each metric of a tagged base (`10shot`, `10shot.top5`, ...) carrying its tags."""
+    for name, metric in metrics.items():
+      metric.update(self.tags.get(metrics_lib.metric_parts(name)[0], {}))
+    return metrics
 
 
 def run_probe(subject, task, settings: EvalSettings, mesh, fit: Callable[[object, TrainSet], Fitted], *,
               check_train: Callable[[int, int | None], None] | None = None) -> Outcome:
   """The frozen-feature protocol around `fit`: features, the fit (timed as `<protocol>_s`, with the test split's
-  ranking), classification metrics per model name, the extra test sets' top-1, per-item predictions."""
+  ranking), classification metrics per metric name, the extra test sets, per-item predictions."""
   feats, featurizer, cache, readers, image_size, timings = open_features(subject, task, settings, mesh,
                                                                          check_train=check_train)
   t1 = time.perf_counter()
   train, test = feats["train"], feats["test"]
   num_classes = readers["train"].num_classes
-  fitted = fit(task.config, TrainSet(train.x, train.labels, train.ids, num_classes, local_mesh()))
+  fitted = fit(task.config, TrainSet(train.x, train.labels, train.ids, num_classes, local_mesh(), task.train_split))
   ranked = fitted.rank(test.x)
   timings[f"{task.protocol}_s"] = time.perf_counter() - t1
-  metrics = {}
-  for name, top in ranked.top.items():
-    metrics.update(metrics_lib.classification_metrics(name, top[:, 0], test.labels, num_classes, top_indices=top,
+  metrics, details = {}, dict(fitted.details)
+  for name, top in ranked.by_metric().items():
+    metrics.update(metrics_lib.classification_metrics(name, top[..., 0], test.labels, num_classes, top_indices=top,
                                                       probabilities=ranked.probabilities.get(name)))
+  if fitted.on_test is not None:
+    fields, more_details = fitted.on_test(ranked, test.labels)
+    for name, more in fields.items():
+      metrics[name].update(more)
+    details.update(more_details)
   extras = score_extra_tests(task, settings, featurizer, cache, mesh, num_classes,
-                             lambda x: {name: top[:, 0] for name, top in fitted.rank(x).top.items()})
-  names = list(ranked.top)
-  return outcome(subject, featurizer, readers, image_size, feats, timings, metrics=metrics, details=fitted.details,
-                 extra_tests=extras, manifest=fitted.manifest and {"task": task.name, **fitted.manifest},
-                 items=results.make_items(test.ids, test.labels, names, [ranked.top[n][:, 0] for n in names],
-                                          top_classes=[ranked.top[n] for n in names]))
+                             lambda x: {name: top[..., 0] for name, top in fitted.rank(x).by_metric().items()},
+                             metric=fitted.extra_metric)
+  for extra in extras.values():
+    fitted.tagged(extra["metrics"])
+  rows = list(ranked.top)
+  return outcome(subject, featurizer, readers, image_size, feats, timings, metrics=fitted.tagged(metrics),
+                 details=details, extra_tests=extras,
+                 manifest=fitted.manifest and {"task": task.name, **fitted.manifest},
+                 items=results.make_items(test.ids, test.labels, rows, [ranked.top[r][:, 0] for r in rows],
+                                          top_classes=[ranked.top[r] for r in rows]))

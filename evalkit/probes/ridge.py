@@ -152,29 +152,56 @@ def _loo_errors(x, labels, e, vecs, proj, l2_grid):
   return jax.lax.map(error_at, l2_grid)
 
 
-def _solve_episode(x_shot, y_shot, x_test, l2_reg, l2_grid, *, num_classes):
-  """One episode: whiten, solve at the fixed λ (and the LOO-chosen λ), predict the test set."""
+def _fit_episode(x_shot, y_shot, l2_reg, l2_grid, *, num_classes):
+  """The train side of one episode, from its k-shot set alone: whitening statistics and W at the fixed λ; with a
+  grid, also the exact LOO error of every λ and W at the chosen one. Returns (mean, std, W, W_loo, LOO errors)."""
   x_shot = x_shot.astype(jnp.float32)
   mean = jnp.mean(x_shot, axis=0)
   std = jnp.std(x_shot, axis=0) + STD_EPS  # population std, as big_vision
   x = _whiten_and_bias(x_shot, mean, std)
-  xt = _whiten_and_bias(x_test.astype(jnp.float32), mean, std)
   e, vecs, proj = _spectral_factors(x, y_shot, num_classes)
-  scores = xt @ _weights(x, e, vecs, proj, l2_reg)
-  pred_fixed = jnp.argmax(scores, axis=1)
-  top_fixed = jax.lax.top_k(scores, min(TOP_CLASSES, num_classes))[1]  # for top-5 (ties: lower class first)
+  weights = _weights(x, e, vecs, proj, l2_reg)
   if l2_grid is None:
-    return pred_fixed, top_fixed, None, None
+    return mean, std, weights, None, None
   loo_err = _loo_errors(x, y_shot, e, vecs, proj, l2_grid)
   # Ties go to the largest λ: among equally good fits, prefer the most regularised one.
   best = len(l2_grid) - 1 - jnp.argmin(loo_err[::-1])
-  pred_loo = jnp.argmax(xt @ _weights(x, e, vecs, proj, l2_grid[best]), axis=1)
-  return pred_fixed, top_fixed, pred_loo, loo_err
+  return mean, std, weights, _weights(x, e, vecs, proj, l2_grid[best]), loo_err
+
+
+def _predict_episode(x, mean, std, weights, loo_weights, *, num_classes):
+  """One fitted episode on features x: predicted labels and top classes at the fixed λ, labels at the LOO λ."""
+  xt = _whiten_and_bias(x.astype(jnp.float32), mean, std)
+  scores = xt @ weights
+  top = jax.lax.top_k(scores, min(TOP_CLASSES, num_classes))[1]  # for top-5 (ties: lower class first)
+  pred_loo = None if loo_weights is None else jnp.argmax(xt @ loo_weights, axis=1)
+  return jnp.argmax(scores, axis=1), top, pred_loo
+
+
+@dataclasses.dataclass
+class FittedEpisode:
+  """One (shots, seed) episode fitted on its k-shot set: `solution` = (mean, std, W, W at the LOO-chosen λ or None)
+  on the probe's devices, and what chose it."""
+  shots: int
+  seed: int
+  l2_reg: float
+  train_positions: np.ndarray  # positions into the train features of the k-shot set
+  solution: tuple
+  loo_l2_reg: float | None = None  # λ chosen by leave-one-out on the k-shot set
+  loo_errors: list[float] | None = None  # LOO error for every λ of the grid
+
+  def scored(self, predicted: tuple, labels: np.ndarray) -> Episode:
+    """This episode's outcome on a labelled split, from its `RidgeProbe.predict` triple on that split."""
+    pred, top, pred_loo = predicted
+    accuracy = lambda p: float(np.mean(p == labels))
+    return Episode(shots=self.shots, seed=self.seed, l2_reg=self.l2_reg, accuracy=accuracy(pred), predictions=pred,
+                   top_classes=top, train_positions=self.train_positions, loo_l2_reg=self.loo_l2_reg,
+                   loo_accuracy=None if pred_loo is None else accuracy(pred_loo), loo_errors=self.loo_errors)
 
 
 @dataclasses.dataclass
 class Episode:
-  """Outcome of one (shots, seed) episode."""
+  """Outcome of one (shots, seed) episode on the test split."""
   shots: int
   seed: int
   l2_reg: float
@@ -188,61 +215,62 @@ class Episode:
 
 
 class RidgeProbe:
-  """Runs few-shot ridge episodes on fixed train/test features.
+  """Few-shot ridge episodes fitted on fixed train features (`fit`), scored on any features (`predict`); `run` does
+  both on the test features given here.
 
-  The test features are placed on the devices of `mesh` once, sharded along their rows, and reused by every episode;
-  the k-shot side (at most a few ten thousand rows) is replicated. Padding rows added to make the test set divisible by
-  the device count are dropped before scoring, so results do not depend on the device count.
+  Features to score are placed on the devices of `mesh` once, sharded along their rows, and reused by every episode;
+  the k-shot side (at most a few ten thousand rows) and the fitted W are replicated. Padding rows added to make the
+  rows divisible by the device count are dropped before scoring, so results do not depend on the device count.
   """
 
-  def __init__(self, x_train, y_train, x_test, y_test, *, num_classes: int, mesh: Mesh | None = None):
+  def __init__(self, x_train, y_train, x_test=None, y_test=None, *, num_classes: int, mesh: Mesh | None = None):
     self.x_train = np.asarray(x_train, np.float32)
     self.y_train = np.asarray(y_train, np.int32)
-    self.y_test = np.asarray(y_test, np.int32)
+    self.x_test = None if x_test is None else np.asarray(x_test, np.float32)
+    self.y_test = None if y_test is None else np.asarray(y_test, np.int32)
     self.num_classes = int(num_classes)
     # Default: this process's devices (every process holds the full features; see evaluate.py).
     self.mesh = mesh if mesh is not None else Mesh(np.array(jax.local_devices()), ("data",))
-    x_test = np.asarray(x_test, np.float32)
-    self.n_test = len(x_test)
-    n_dev = self.mesh.devices.size
-    pad = (-self.n_test) % n_dev
-    x_test = np.concatenate([x_test, np.zeros((pad, x_test.shape[1]), np.float32)]) if pad else x_test
     self._rows = NamedSharding(self.mesh, P("data"))
     self._replicated = NamedSharding(self.mesh, P())
-    self.x_test = jax.device_put(x_test, self._rows)
-    self._solve = jax.jit(
-        exact_float32(_solve_episode), static_argnames=("num_classes",),
-        out_shardings=(self._rows, self._rows, self._rows, self._replicated))
+    self._fit = jax.jit(exact_float32(_fit_episode), static_argnames=("num_classes",),
+                        out_shardings=self._replicated)
+    self._predict = jax.jit(exact_float32(_predict_episode), static_argnames=("num_classes",),
+                            out_shardings=self._rows)
 
-  def episode(self, positions: np.ndarray, *, l2_reg: float = DEFAULT_L2_REG,
-              l2_grid: Sequence[float] | None = None) -> tuple:
-    """Solves one episode given the positions of its k-shot set; returns host arrays."""
+  def fit(self, shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, *, l2_reg=DEFAULT_L2_REG,
+          l2_grid: Sequence[float] | None = LOO_L2_GRID) -> list[FittedEpisode]:
+    """Every (shots, seed) episode, seed by seed, fitted on its k-shot set; no test feature is looked at."""
     put = lambda a: jax.device_put(a, self._replicated)
     grid = None if l2_grid is None else put(np.asarray(l2_grid, np.float32))
-    pred, top, pred_loo, loo_err = self._solve(
-        put(self.x_train[positions]), put(self.y_train[positions]), self.x_test,
-        put(np.float32(l2_reg)), grid, num_classes=self.num_classes)
-    trim = lambda a: None if a is None else np.asarray(a)[: self.n_test]
-    return trim(pred), trim(top), trim(pred_loo), (None if loo_err is None else np.asarray(loo_err))
+    fitted = []
+    for (k, seed), positions in episode_manifest(self.y_train, self.num_classes, shots, seeds).items():
+      mean, std, weights, loo_weights, loo_err = self._fit(
+          put(self.x_train[positions]), put(self.y_train[positions]), put(np.float32(l2_reg)), grid,
+          num_classes=self.num_classes)
+      ep = FittedEpisode(k, seed, float(l2_reg), positions, (mean, std, weights, loo_weights))
+      if l2_grid is not None:
+        loo_err = np.asarray(loo_err)
+        ep.loo_l2_reg = float(l2_grid[len(l2_grid) - 1 - int(np.argmin(loo_err[::-1]))])
+        ep.loo_errors = [float(v) for v in loo_err]
+      fitted.append(ep)
+    return fitted
+
+  def predict(self, episodes: Sequence[FittedEpisode], x) -> list[tuple]:
+    """(labels, top classes, labels at the LOO-chosen λ or None) of every fitted episode on features x, host arrays."""
+    x = np.asarray(x, np.float32)
+    n = len(x)
+    pad = (-n) % self.mesh.devices.size
+    x = np.concatenate([x, np.zeros((pad, x.shape[1]), np.float32)]) if pad else x
+    placed = jax.device_put(x, self._rows)
+    trim = lambda a: None if a is None else np.asarray(a)[:n]
+    return [tuple(map(trim, self._predict(placed, *ep.solution, num_classes=self.num_classes))) for ep in episodes]
 
   def run(self, shots=DEFAULT_SHOTS, seeds=DEFAULT_SEEDS, *, l2_reg=DEFAULT_L2_REG,
           l2_grid: Sequence[float] | None = LOO_L2_GRID) -> list[Episode]:
-    manifest = episode_manifest(self.y_train, self.num_classes, shots, seeds)
-    episodes = []
-    for (k, seed), positions in manifest.items():
-      pred, top, pred_loo, loo_err = self.episode(positions, l2_reg=l2_reg, l2_grid=l2_grid)
-      ep = Episode(shots=k, seed=seed, l2_reg=float(l2_reg), accuracy=self._accuracy(pred), predictions=pred,
-                   top_classes=top, train_positions=positions)
-      if l2_grid is not None:
-        best = len(l2_grid) - 1 - int(np.argmin(loo_err[::-1]))
-        ep.loo_l2_reg = float(l2_grid[best])
-        ep.loo_accuracy = self._accuracy(pred_loo)
-        ep.loo_errors = [float(v) for v in loo_err]
-      episodes.append(ep)
-    return episodes
-
-  def _accuracy(self, pred) -> float:
-    return float(np.mean(pred == self.y_test))
+    """Every episode fitted and scored on the test features given to the constructor."""
+    fitted = self.fit(shots, seeds, l2_reg=l2_reg, l2_grid=l2_grid)
+    return [ep.scored(predicted, self.y_test) for ep, predicted in zip(fitted, self.predict(fitted, self.x_test))]
 
 
 def ridge_fewshot(x_train, y_train, x_test, y_test, *, num_classes: int,
