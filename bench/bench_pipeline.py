@@ -1,7 +1,8 @@
 """Host preprocessing cost: evalkit's TF-exact pp ops against decoding alone and PIL's own resize, per image and
-through a pool of 1 and 2 workers (threads vs processes), on generated ImageNet-like JPEGs.
+through a pool of 1 and 2 workers (threads vs processes), on generated ImageNet-like JPEGs; then evalkit's loader
+itself (a TFDS dataset of those JPEGs read with `iter_batches`) with 1-2 threads and 1-2 worker processes.
 
-  python bench/bench_pipeline.py [--images 64 --repeats 3]
+  python bench/bench_pipeline.py [--images 64 --repeats 3 --loader_images 512]
 
 The pp string is the few-shot one, `decode|resize(256)|central_crop(224)|value_range(-1, 1)`. Per op: ms per image
 for evalkit's op (the TF-exact float32 kernel for resize), the PIL path doing the same job (PIL's bilinear resize,
@@ -15,12 +16,14 @@ import argparse
 import concurrent.futures
 import io
 import multiprocessing
+import tempfile
 import time
 
 import numpy as np
+import tensorflow_datasets as tfds
 from PIL import Image
 
-from evalkit.data import pp
+from evalkit.data import pp, source
 
 PP = "decode|resize(256)|central_crop(224)|value_range(-1, 1)"
 GPU_IMAGES_PER_S = 3000
@@ -39,6 +42,42 @@ def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
     Image.fromarray(img).save(buffer, format="JPEG", quality=90)
     out.append(buffer.getvalue())
   return out
+
+
+class BenchJpegs(tfds.core.GeneratorBasedBuilder):
+  """`make_jpegs(n)` as a TFDS dataset, the JPEG bytes stored as they are."""
+  VERSION = tfds.core.Version("1.0.0")
+  SIZE = {"n": 0}
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, disable_shuffling=True, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    for i, data in enumerate(make_jpegs(self.SIZE["n"])):
+      yield i, {"image": data, "label": i % 10}
+
+
+def loader_rates(n: int, batch_size: int = 32) -> list[tuple[str, float, float]]:
+  """(setting, seconds to the first batch, img/s after it) of the loader reading the few-shot pp string."""
+  rows = []
+  with tempfile.TemporaryDirectory() as data_dir:
+    BenchJpegs.SIZE["n"] = n
+    BenchJpegs(data_dir=data_dir).download_and_prepare(file_format="array_record")
+    reader = source.open_split("bench_jpegs", "train", data_dir)
+    for label, kw in (("1 thread", {"num_threads": 1}), ("2 threads", {"num_threads": 2}),
+                      ("1 worker process", {"workers": 1}), ("2 worker processes", {"workers": 2})):
+      t0 = time.perf_counter()
+      batches = reader.iter_batches(batch_size, PP, **kw)
+      next(batches)  # the threads or processes are started and warm from here
+      t1 = time.perf_counter()
+      rest = sum(len(b["id"]) for b in batches)
+      rows.append((label, t1 - t0, rest / (time.perf_counter() - t1)))
+  return rows
 
 
 def ms_per_image(fn, items, repeats: int) -> float:
@@ -80,6 +119,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--images", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--loader_images", type=int, default=512)
   args = parser.parse_args()
   jpegs = make_jpegs(args.images)
   decoded = [pp.decode_image(j) for j in jpegs]
@@ -113,6 +153,9 @@ def main():
       print(f"pipeline, {workers} {kind:9s} {rate:8.1f} img/s")
   print(f"cores to feed one GPU at {GPU_IMAGES_PER_S} img/s: {GPU_IMAGES_PER_S / best:.0f} "
         f"(at the best {best:.0f} img/s per worker)")
+  print(f"loader (source.iter_batches, batches of 32, {args.loader_images} JPEGs in array_record):")
+  for label, start, rate in loader_rates(args.loader_images):
+    print(f"  {label:20s} first batch after {start:5.2f} s, then {rate:7.1f} img/s")
 
 
 if __name__ == "__main__":

@@ -114,8 +114,10 @@ def sharded_forward(fn: Callable, mesh: Mesh, micro_batch: int) -> Callable:
 
 
 def extract(featurizer: Featurizer, reader, preprocess, *, mesh: Mesh, batch_size: int = 256,
-            micro_batch: int = DEFAULT_MICRO_BATCH, progress: bool = True) -> Features:
-  """Features of `reader`'s whole split (every process gets all rows, in dataset order)."""
+            micro_batch: int = DEFAULT_MICRO_BATCH, progress: bool = True, workers: int | None = None) -> Features:
+  """Features of `reader`'s whole split (every process gets all rows, in dataset order). `workers`: processes that
+  decode and preprocess (None: as many as pay for this split, `source.default_workers`); features do not depend on
+  it."""
   start = time.perf_counter()
   n_dev = mesh.devices.size
   n_proc = jax.process_count()
@@ -130,7 +132,7 @@ def extract(featurizer: Featurizer, reader, preprocess, *, mesh: Mesh, batch_siz
       if featurizer.params is not None else None
   feats, labels, ids = [], [], []
   pending = None  # one step of lag so the host prepares batch t+1 while the devices compute batch t
-  batches = reader.iter_batches(local_batch, preprocess)
+  batches = reader.iter_batches(local_batch, preprocess, workers=workers)
   image_shape = None
   bar = tqdm(total=len(reader), unit="img", desc="features", disable=not progress or jax.process_index() != 0)
   for _ in range(steps):
@@ -240,7 +242,8 @@ class FeatureCache:
 
 
 def cached_extract(featurizer: Featurizer, reader, preprocess, *, dataset: dict, mesh: Mesh,
-                   cache: FeatureCache | None, batch_size: int = 256, progress: bool = True) -> Features:
+                   cache: FeatureCache | None, batch_size: int = 256, progress: bool = True,
+                   workers: int | None = None) -> Features:
   """`extract` behind the cache: a hit returns stored features without touching the model or the images."""
   if cache is not None:
     dataset = {**dataset, "content": cache.content_digest(reader)}
@@ -249,7 +252,8 @@ def cached_extract(featurizer: Featurizer, reader, preprocess, *, dataset: dict,
     hit = cache.load(key)
     if hit is not None:
       return hit
-  feats = extract(featurizer, reader, preprocess, mesh=mesh, batch_size=batch_size, progress=progress)
+  feats = extract(featurizer, reader, preprocess, mesh=mesh, batch_size=batch_size, progress=progress,
+                  workers=workers)
   if cache is not None:
     cache.store(key, feats, {"featurizer": featurizer.identity, "dataset": dataset, "pp": preprocess.spec})
   return feats

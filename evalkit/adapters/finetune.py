@@ -144,18 +144,20 @@ def optimizer_config(task, lr: float) -> dict:
           "schedule": {"decay_type": cfg.decay_type, "warmup_steps": cfg.warmup_steps}}
 
 
-def _logits(scorer: features.Featurizer, params, reader, preprocess, mesh, batch_size) -> features.Features:
+def _logits(scorer: features.Featurizer, params, reader, preprocess, mesh, batch_size,
+            workers: int | None) -> features.Features:
   """The model's logits over a split (`x`), with labels and ids, through the sharded, batch-invariant feature path.
 
   `scorer` is the model's logits featurizer, built once per evaluation: the params change, its compiled forward
   (memoised on its function) is reused for every lr, the Polyak weights and the test split."""
   return features.extract(dataclasses.replace(scorer, params=params), reader, preprocess, mesh=mesh,
-                          batch_size=batch_size, progress=False)
+                          batch_size=batch_size, progress=False, workers=workers)
 
 
-def _top1(scorer, params, reader, preprocess, mesh, batch_size) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _top1(scorer, params, reader, preprocess, mesh, batch_size,
+          workers: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(predicted labels, true labels, example ids) over a split."""
-  out = _logits(scorer, params, reader, preprocess, mesh, batch_size)
+  out = _logits(scorer, params, reader, preprocess, mesh, batch_size, workers)
   return np.argmax(out.x, axis=1), out.labels, out.ids
 
 
@@ -170,7 +172,8 @@ class LrRun:
 
 
 def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: Path, mesh, *,
-                 scorer: features.Featurizer, stop_at: int | None = None, progress: bool = True) -> LrRun:
+                 scorer: features.Featurizer, stop_at: int | None = None, progress: bool = True,
+                 workers: int | None = None) -> LrRun:
   """Fine-tunes at one lr (resuming from `workdir`), then scores minival."""
   # The train loop (and orbax with it) is imported only when fine-tuning runs: 0.3 s off every other eval.
   from evalkit.train import loop  # pylint: disable=g-import-not-at-top
@@ -188,7 +191,7 @@ def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: P
     state = loop.run_loop(
         state, step_fn, splits.train, pp_lib.parse(cfg.pp_train), stream, end, mesh=mesh, schedule=schedule,
         manager=manager, save_steps={*range(every, cfg.total_steps + 1, every), end},
-        log_every=max(1, min(50, every)), label=f"finetune lr={lr:g}", progress=progress)
+        log_every=max(1, min(50, every)), label=f"finetune lr={lr:g}", progress=progress, workers=workers)
   except loop.TrainingDiverged as e:
     log.warning("%s", e)
     return LrRun(lr=lr, diverged=True, diverged_at=e.step)
@@ -196,10 +199,10 @@ def train_one_lr(model, init_params, task, splits: Splits, lr: float, workdir: P
   if end < cfg.total_steps:
     return run  # interrupted on purpose (tests); not scored
   preprocess = pp_lib.parse(task.pp)
-  pred, true, _ = _top1(scorer, state["params"], splits.minival, preprocess, mesh, cfg.batch_size)
+  pred, true, _ = _top1(scorer, state["params"], splits.minival, preprocess, mesh, cfg.batch_size, workers)
   run.minival_top1 = float(np.mean(pred == true))
   if ema:
-    pred, true, _ = _top1(scorer, state["ema"], splits.minival, preprocess, mesh, cfg.batch_size)
+    pred, true, _ = _top1(scorer, state["ema"], splits.minival, preprocess, mesh, cfg.batch_size, workers)
     run.minival_top1_polyak = float(np.mean(pred == true))
   return run
 
@@ -237,7 +240,7 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
   runs = []
   for lr in cfg.lr_grid:
     runs.append(train_one_lr(model, ckpt.params, task, splits, lr, workdir / f"lr_{lr:g}", mesh, scorer=scorer,
-                             stop_at=stop_at, progress=settings.progress))
+                             stop_at=stop_at, progress=settings.progress, workers=settings.workers))
     for r in runs:  # only the best run so far keeps its train state in memory
       if r is not choose(runs):
         r.state = None
@@ -253,7 +256,7 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
     for key, params in (("top1", best.state["params"]), ("top1_polyak", best.state.get("ema"))):
       if params is None:
         continue
-      scored = _logits(scorer, params, splits.test, preprocess, mesh, cfg.batch_size)
+      scored = _logits(scorer, params, splits.test, preprocess, mesh, cfg.batch_size, settings.workers)
       test_labels, test_ids = scored.labels, scored.ids
       top = metrics_lib.top_classes(scored.x)
       pred = top[:, 0]
@@ -264,7 +267,8 @@ def run(subject, task, settings: EvalSettings, mesh, *, stop_at: int | None = No
                                                         probabilities=logistic.softmax(scored.x)))
       metrics[key].update(stats.bootstrap_interval(pred == test_labels))  # top-1's interval as before
       for opened in opened_extras:  # the same model on the task's other test sets
-        pred, labels, _ = _top1(scorer, params, opened.reader, pp_lib.parse(opened.pp), mesh, cfg.batch_size)
+        pred, labels, _ = _top1(scorer, params, opened.reader, pp_lib.parse(opened.pp), mesh, cfg.batch_size,
+                                settings.workers)
         entry = extras.setdefault(opened.spec.name, {**extra_tests.describe(opened, labels), "metrics": {}})
         entry["metrics"][key] = extra_tests.top1_metric(pred, labels)
   return Outcome(

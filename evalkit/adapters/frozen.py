@@ -45,7 +45,7 @@ def open_features(subject, task, settings: EvalSettings, mesh,
   for which, reader in readers.items():
     feats[which] = features.cached_extract(
         featurizer, reader, preprocess, dataset=source.dataset_fingerprint(reader), mesh=mesh, cache=cache,
-        batch_size=settings.batch_size, progress=settings.progress)
+        batch_size=settings.batch_size, progress=settings.progress, workers=settings.workers)
     timings[f"features_{which}_s"] = feats[which].seconds
     timings[f"features_{which}_cached"] = feats[which].from_cache
   return feats, featurizer, cache, readers, image_size, timings
@@ -67,7 +67,8 @@ def score_extra_tests(task, settings: EvalSettings, featurizer, cache, mesh, num
   for opened in extra_tests.open_all(task, settings.data_dir, num_classes):
     feats = features.cached_extract(featurizer, opened.reader, pp_lib.parse(opened.pp),
                                     dataset=source.dataset_fingerprint(opened.reader), mesh=mesh, cache=cache,
-                                    batch_size=settings.batch_size, progress=settings.progress)
+                                    batch_size=settings.batch_size, progress=settings.progress,
+                                    workers=settings.workers)
     metrics = {name: metric(pred, feats.labels) for name, pred in predict(feats.x).items()}
     out[opened.spec.name] = {**extra_tests.describe(opened, feats.labels), "metrics": metrics}
   return out

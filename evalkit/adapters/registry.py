@@ -30,6 +30,7 @@ class EvalSettings:
   loo: bool = True
   overwrite: bool = False
   progress: bool = True
+  workers: int | None = None  # decoding + pp processes (None: as many as pay, `source.default_workers`)
 
 
 @dataclasses.dataclass

@@ -42,7 +42,7 @@ def run_eval() -> int:
       data_dir=FLAGS.data_dir, results_dir=FLAGS.results_dir,
       cache_dir=os.path.expanduser(FLAGS.cache_dir) if FLAGS.cache_dir else None, batch_size=FLAGS.batch_size,
       representation=FLAGS.representation, dtype=FLAGS.dtype, loo=FLAGS.loo, overwrite=FLAGS.overwrite,
-      progress=FLAGS.progress)
+      progress=FLAGS.progress, workers=FLAGS.workers)
   rows = evaluate.run(subject, task_list, settings, distributed.data_mesh())
   failed = 0
   for task, status, detail in rows:

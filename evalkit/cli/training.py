@@ -22,7 +22,8 @@ def run_pretrain() -> int:
     config = pretrain_configs.load(FLAGS.config, overrides)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  run = pretrain.build_run(config, FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress)
+  run = pretrain.build_run(config, FLAGS.workdir, data_dir=FLAGS.data_dir, progress=FLAGS.progress,
+                           workers=FLAGS.workers)
   for name, path in pretrain.train(run).items():
     print(f"{name}: {path}  (card: {path}.toml)")
   return 0

@@ -128,16 +128,17 @@ def restore_latest(manager: ocp.CheckpointManager, state: dict, mesh) -> dict:
 def run_loop(state, step_fn, reader, preprocess, stream: TrainStream, end: int, *, mesh, schedule: Callable,
              manager: ocp.CheckpointManager | None = None, save_steps: Iterable[int] = (),
              on_save: Callable[[Any, int], None] | None = None, log_every: int = 10, label: str = "train",
-             progress: bool = True):
+             progress: bool = True, workers: int | None = None):
   """Steps from the state's step to `end`. The loss is checked every `log_every` steps and before every save: a
   NaN/inf raises TrainingDiverged without saving anything after it. At `save_steps`, `on_save(state, step)` runs
   (e.g. exporting a checkpoint with its card) and then the state is saved: the resume point comes last, so a run
-  killed between the two redoes the steps and the export, and a saved state always has its export."""
+  killed between the two redoes the steps and the export, and a saved state always has its export. `workers`:
+  processes that decode and augment the batches (None: as many as pay, `source.default_workers`)."""
   first = int(state["step"])
   if first >= end:
     return state
   save_steps = set(save_steps)
-  batches = reader.iter_id_batches(stream.local_batches(first, end), preprocess)
+  batches = reader.iter_id_batches(stream.local_batches(first, end), preprocess, workers=workers)
   bar = tqdm(total=end - first, desc=label, unit="step", disable=not progress or jax.process_index() != 0)
   t0, last_good = time.perf_counter(), (manager.latest_step() if manager else None)
   for step in range(first, end):

@@ -157,6 +157,7 @@ class Run:
   stream: loop.TrainStream
   mesh: Any
   progress: bool = True
+  workers: int | None = None  # decoding + augmentation processes (None: as many as pay)
 
   @property
   def flops_per_example(self) -> float:
@@ -179,7 +180,7 @@ class Run:
 
 
 def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = None, mesh=None,
-              progress: bool = True) -> Run:
+              progress: bool = True, workers: int | None = None) -> Run:
   workdir = Path(workdir)
   mesh = mesh if mesh is not None else distributed.data_mesh()
   if config.batch_size % mesh.devices.size:
@@ -196,7 +197,8 @@ def build_run(config: PretrainConfig, workdir: str, *, data_dir: str | None = No
   except ValueError as e:
     raise ConfigError(f"pretrain config {config.name}: bad model {config.model}: {str(e)[:300]}") from None
   stream = loop.TrainStream(np.arange(reader.global_start, reader.global_stop), config.batch_size, config.seed)
-  return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress)
+  return Run(config, workdir, model, image_size, reader.num_classes, reader, preprocess, stream, mesh, progress,
+             workers)
 
 
 def _export(run: Run, params, step: int, name: str, extra: dict | None = None) -> Path:
@@ -315,7 +317,8 @@ def _train_step(run: Run, tx):
 
 def _loop(run: Run, state, step_fn, schedule, end: int, **kw):
   return loop.run_loop(state, step_fn, run.reader, run.preprocess, run.stream, end, mesh=run.mesh,
-                       schedule=schedule, log_every=run.config.log_every, progress=run.progress, **kw)
+                       schedule=schedule, log_every=run.config.log_every, progress=run.progress,
+                       workers=run.workers, **kw)
 
 
 def _toml_safe(d):

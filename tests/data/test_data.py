@@ -148,6 +148,55 @@ def test_early_stop_releases_threads(digits_dir):
   it.close()  # Must not hang or leak work.
 
 
+def test_worker_processes_give_the_same_batches(digits_dir):
+  """Decoding and pp in 1 or 2 spawned worker processes give the batches this process's threads give, bit for bit:
+  dataset order, random pp (per-example RNG) and shuffled id batches included."""
+  r = data.open_split("digits", "train", digits_dir)
+  pp = "decode|resize(12)|random_crop(10)|flip_lr|value_range(-1, 1)"
+  ref = _all(r, pp, batch_size=100, seed=7)
+  order = np.random.default_rng(0).permutation(r.ids)
+  id_batches = [(order[i:i + 64], (7, i)) for i in range(0, 192, 64)]
+  ref_shuffled = list(r.iter_id_batches(id_batches, pp))
+  for workers in (1, 2):
+    got = _all(r, pp, batch_size=100, seed=7, workers=workers)
+    assert got.keys() == ref.keys()
+    for k in ref:
+      np.testing.assert_array_equal(got[k], ref[k])
+    shuffled = list(r.iter_id_batches(id_batches, pp, workers=workers))
+    for a, b in zip(ref_shuffled, shuffled, strict=True):
+      for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+  it = r.iter_batches(10, "decode", workers=2)
+  assert len(next(it)["id"]) == 10
+  it.close()  # Must not hang or leave processes behind.
+
+
+@pytest.mark.slow  # ≈ 15 s on 2 cores, mostly importing TensorFlow to write and read the tfrecord files
+def test_worker_processes_decode_tfrecord_examples(tmp_path):
+  """A tfrecord split is read in this process (tf.data, in file order); its examples are decoded and preprocessed in
+  the workers, identically."""
+  pytest.importorskip("tensorflow")
+  import blob_datasets
+  blob_datasets.EvalkitTestBlobs(data_dir=str(tmp_path)).download_and_prepare(file_format="tfrecord")
+  r = data.open_split("evalkit_test_blobs", "train", str(tmp_path))
+  assert not r._backend.random_access  # pylint: disable=protected-access
+  pp = "decode|resize(6)|value_range(-1, 1)"
+  ref = _all(r, pp, batch_size=50)
+  got = _all(r, pp, batch_size=50, workers=2)
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_default_workers_only_where_they_pay(monkeypatch):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+  assert source.default_workers(source.WORKERS_FROM_EXAMPLES) == 4
+  assert source.default_workers(source.WORKERS_FROM_EXAMPLES - 1) == 0  # threads: spawning would cost more
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+  assert source.default_workers(10**6) == 16
+  monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+  assert source.default_workers(10**6) == 0  # one core: a worker would only add the transfer
+
+
 # --- errors ------------------------------------------------------------------
 
 
