@@ -312,6 +312,27 @@ def test_fashion_mnist(fashion_dir):
   assert abs(mean - 0.2860) < 1e-3 and abs(std - 0.3530) < 1e-3
 
 
+@pytest.mark.slow  # ≈ 10 s on 2 cores: 6 passes over 4,000 images, 4 pools of worker processes started
+def test_fashion_mnist_pixels_and_fewshot_do_not_depend_on_workers(fashion_dir):
+  """Fashion-MNIST through the few-shot pp in threads, 1 worker process or 2: the same pixels in the same order, and
+  so the same few-shot numbers on them."""
+  from evalkit.probes import ridge
+  pp = "decode|resize(28)|value_range(-1, 1)"
+  splits = {s: data.open_split("fashion_mnist", s, fashion_dir) for s in ("train[:3000]", "test[:1000]")}
+  runs = {w: {s: _all(r, pp, batch_size=500, workers=w) for s, r in splits.items()} for w in (0, 1, 2)}
+  accs = {}
+  for workers, run in runs.items():
+    for split, batch in run.items():
+      for k in batch:
+        np.testing.assert_array_equal(batch[k], runs[0][split][k])
+    train, test = run["train[:3000]"], run["test[:1000]"]
+    accs[workers] = ridge.ridge_fewshot(train["image"].reshape(3000, -1), train["label"],
+                                        test["image"].reshape(1000, -1), test["label"], num_classes=10,
+                                        shots=(1, 10), seeds=(0, 1))
+  assert accs[0] == accs[1] == accs[2]
+  assert 0.4 < accs[0][(10, 0)] < 0.9, accs[0]
+
+
 def test_fashion_mnist_pixels_equal_idx_files(fashion_dir):
   r = data.open_split("fashion_mnist", "test[-300:]", fashion_dir)
   got = _all(r, batch_size=128)
