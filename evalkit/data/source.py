@@ -29,6 +29,7 @@ import hashlib
 import multiprocessing
 import os
 import threading
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
@@ -236,7 +237,7 @@ def ordered_batches(batches: Iterator[list[Callable[[], dict]]],
   pending = collections.deque()
 
   def collect(futures):
-    parts = [f.result() for f in futures]
+    parts = [_received(f.result()) for f in futures]
     if len(parts) == 1:
       return parts[0]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -249,8 +250,13 @@ def ordered_batches(batches: Iterator[list[Callable[[], dict]]],
     while pending:
       yield collect(pending.popleft())
   finally:
-    # Also runs when the consumer stops early: drop work nobody will read.
+    # Also runs when the consumer stops early: drop work nobody will read,
+    # and free the shared memory of parts that were made but not read.
     pool.shutdown(wait=True, cancel_futures=True)
+    for futures in pending:
+      for f in futures:
+        if not f.cancelled() and f.exception() is None:
+          _received(f.result())
 
 
 def prepare_examples(backend, ids: np.ndarray, raw: list[Example] | None,
@@ -283,8 +289,51 @@ def _worker_open(name: str, split: str, data_dir: str, pp_spec: str | None):
   _WORKER["preprocess"] = pp_lib.parse(pp_spec) if pp_spec else None
 
 
-def _worker_part(ids: np.ndarray, raw: list[Example] | None, seed) -> dict[str, np.ndarray]:
-  return prepare_examples(_WORKER["backend"], ids, raw, _WORKER["preprocess"], seed)
+def _worker_part(ids: np.ndarray, raw: list[Example] | None, seed) -> SharedPart:
+  return SharedPart.of(prepare_examples(_WORKER["backend"], ids, raw, _WORKER["preprocess"], seed))
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedPart:
+  """A batch part a worker process left in shared memory for the parent.
+
+  Sending the arrays through the pool's pipe costs four copies (pickle, pipe
+  in, pipe out, unpickle): for float32 224×224 images that made 2 worker
+  processes 1.5× slower than 2 threads. Through shared memory it is one copy
+  on each side. The parent unlinks the segment as it reads it (`_received`).
+  """
+  name: str
+  layout: tuple  # (key, dtype, shape, offset) per array
+  inline: dict  # arrays of Python objects, which stay pickled
+
+  @classmethod
+  def of(cls, part: dict[str, np.ndarray]) -> SharedPart:
+    arrays = {k: np.ascontiguousarray(v) for k, v in part.items() if not np.asarray(v).dtype.hasobject}
+    layout, offset = [], 0
+    for key, array in arrays.items():
+      layout.append((key, array.dtype.str, array.shape, offset))
+      offset += -(-array.nbytes // 64) * 64  # 64-byte aligned views
+    memory = shared_memory.SharedMemory(create=True, size=max(offset, 1))
+    # The parent unlinks it; the tracker would otherwise unlink it again (3.11).
+    resource_tracker.unregister(memory._name, "shared_memory")  # pylint: disable=protected-access
+    for (key, dtype, shape, start), array in zip(layout, arrays.values()):
+      np.ndarray(shape, dtype, buffer=memory.buf, offset=start)[...] = array
+    memory.close()
+    return cls(memory.name, tuple(layout), {k: v for k, v in part.items() if k not in arrays})
+
+
+def _received(part: dict | SharedPart) -> dict[str, np.ndarray]:
+  """A part as arrays of this process (a shared one copied out and unlinked)."""
+  if not isinstance(part, SharedPart):
+    return part
+  memory = shared_memory.SharedMemory(name=part.name)
+  try:
+    arrays = {key: np.ndarray(shape, dtype, buffer=memory.buf, offset=start).copy()
+              for key, dtype, shape, start in part.layout}
+  finally:
+    memory.close()
+    memory.unlink()
+  return {**arrays, **part.inline}
 
 
 def example_rng(seed: int | tuple[int, ...] | None, example_id) -> np.random.Generator | None:

@@ -187,6 +187,30 @@ def test_worker_processes_decode_tfrecord_examples(tmp_path):
     np.testing.assert_array_equal(got[k], ref[k])
 
 
+def test_worker_parts_in_shared_memory_are_freed_read_or_not():
+  """A worker's part travels in shared memory: read, it equals what was put in (arrays of objects travel pickled);
+  read or dropped unread (the consumer stopped early), its segment is unlinked."""
+  from multiprocessing import shared_memory
+  made = []
+
+  def part(i):
+    shared = source.SharedPart.of({"image": np.full((3, 5, 5), i, np.float32), "id": np.arange(3) + 3 * i,
+                                   "name": np.array([f"img{i}"] * 3, object)})
+    made.append(shared.name)
+    return shared
+
+  jobs = ([lambda i=i: part(i)] for i in range(6))
+  batches = source.ordered_batches(jobs, 1, prefetch=2)
+  first = next(batches)
+  np.testing.assert_array_equal(first["image"], np.zeros((3, 5, 5), np.float32))
+  assert first["id"].tolist() == [0, 1, 2] and first["name"].tolist() == ["img0"] * 3
+  batches.close()  # two made parts were never read
+  assert len(made) == 3
+  for name in made:
+    with pytest.raises(FileNotFoundError):
+      shared_memory.SharedMemory(name=name)
+
+
 def test_default_workers_only_where_they_pay(monkeypatch):
   monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
   assert source.default_workers(source.WORKERS_FROM_EXAMPLES) == 4
