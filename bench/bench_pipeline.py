@@ -62,22 +62,30 @@ class BenchJpegs(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": data, "label": i % 10}
 
 
-def loader_rates(n: int, batch_size: int = 32) -> list[tuple[str, float, float]]:
-  """(setting, seconds to the first batch, img/s after it) of the loader reading the few-shot pp string."""
-  rows = []
+def jpeg_split(n: int, data_dir: str) -> source.SplitReader:
+  """`make_jpegs(n)` prepared as the TFDS dataset `bench_jpegs` in data_dir, opened for reading."""
+  BenchJpegs.SIZE["n"] = n
+  BenchJpegs(data_dir=data_dir).download_and_prepare(file_format="array_record")
+  return source.open_split("bench_jpegs", "train", data_dir)
+
+
+def loader_rate(reader, batch_size: int = 32, **kw) -> tuple[float, float]:
+  """(seconds to the first batch, img/s after it) of the loader reading the few-shot pp string."""
+  t0 = time.perf_counter()
+  batches = reader.iter_batches(batch_size, PP, **kw)
+  next(batches)  # the threads or processes are started and warm from here
+  t1 = time.perf_counter()
+  rest = sum(len(b["id"]) for b in batches)
+  return t1 - t0, rest / (time.perf_counter() - t1)
+
+
+def loader_rates(n: int) -> list[tuple[str, float, float]]:
+  """(setting, seconds to the first batch, img/s after it) with 1-2 threads and 1-2 worker processes."""
   with tempfile.TemporaryDirectory() as data_dir:
-    BenchJpegs.SIZE["n"] = n
-    BenchJpegs(data_dir=data_dir).download_and_prepare(file_format="array_record")
-    reader = source.open_split("bench_jpegs", "train", data_dir)
-    for label, kw in (("1 thread", {"num_threads": 1}), ("2 threads", {"num_threads": 2}),
-                      ("1 worker process", {"workers": 1}), ("2 worker processes", {"workers": 2})):
-      t0 = time.perf_counter()
-      batches = reader.iter_batches(batch_size, PP, **kw)
-      next(batches)  # the threads or processes are started and warm from here
-      t1 = time.perf_counter()
-      rest = sum(len(b["id"]) for b in batches)
-      rows.append((label, t1 - t0, rest / (time.perf_counter() - t1)))
-  return rows
+    reader = jpeg_split(n, data_dir)
+    return [(label, *loader_rate(reader, **kw))
+            for label, kw in (("1 thread", {"num_threads": 1}), ("2 threads", {"num_threads": 2}),
+                              ("1 worker process", {"workers": 1}), ("2 worker processes", {"workers": 2}))]
 
 
 def ms_per_image(fn, items, repeats: int) -> float:
