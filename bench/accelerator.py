@@ -35,6 +35,7 @@ from evalkit.adapters import finetune
 from evalkit.data import memory, pp
 from evalkit.models import vit
 from evalkit.probes import ridge
+from evalkit.train import flops as train_flops
 from evalkit.train import loop, optim, pretrain
 
 # Dense peak TFLOP/s (NVIDIA H100 / H200 datasheets): TF32 and BF16 tensor cores, SXM and PCIe boards.
@@ -44,10 +45,10 @@ DATASHEET_TFLOPS = {("H100", "PCIe"): {"float32": 378.0, "bfloat16": 756.0},
 
 FULL = {"model": {"variant": "B/16"}, "image_size": 224, "images": 2048, "micro_batches": (16, 32, 64, 128, 256),
         "classes": 1000, "dim": 768, "n_test": 10000, "per_class": 30, "train_batch": 256, "train_steps": 20,
-        "jpegs": 2048, "jpeg_batch": 64}
+        "jpegs": 2048, "jpeg_batch": 64, "shots": ridge.DEFAULT_SHOTS}
 SMOKE = {"model": {"patch_size": (7, 7), "width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 2}, "image_size": 28,
          "images": 64, "micro_batches": (8, 16), "classes": 20, "dim": 32, "n_test": 200, "per_class": 30,
-         "train_batch": 16, "train_steps": 3, "jpegs": 32, "jpeg_batch": 8}
+         "train_batch": 16, "train_steps": 3, "jpegs": 32, "jpeg_batch": 8, "shots": (2,)}
 
 
 def peak_tflops(dtype: str) -> tuple[float, str]:
@@ -99,22 +100,23 @@ def extraction(size: dict, dtype: str) -> tuple[float, float, str]:
 
 
 def fewshot(size: dict) -> tuple[float, float]:
-  """Seconds of the shots × seeds suite with λ fixed and with the 21-λ leave-one-out sweep (warm)."""
+  """Seconds of the shots × 3 seeds suite with λ fixed and with the 21-λ leave-one-out sweep (warm)."""
   k = size["classes"]
   x_train, y_train = bench_fewshot.synthetic_features(size["per_class"], k, size["dim"], seed=1)
   x_test, y_test = bench_fewshot.synthetic_features(max(1, size["n_test"] // k), k, size["dim"], seed=2)
   probe = ridge.RidgeProbe(x_train, y_train, x_test, y_test, num_classes=k)
   out = []
   for grid in (None, ridge.LOO_L2_GRID):
-    probe.run(ridge.DEFAULT_SHOTS, ridge.DEFAULT_SEEDS, l2_grid=grid)  # compile
+    probe.run(size["shots"], ridge.DEFAULT_SEEDS, l2_grid=grid)  # compile
     t = time.perf_counter()
-    probe.run(ridge.DEFAULT_SHOTS, ridge.DEFAULT_SEEDS, l2_grid=grid)
+    probe.run(size["shots"], ridge.DEFAULT_SEEDS, l2_grid=grid)
     out.append(time.perf_counter() - t)
   return tuple(out)
 
 
 def train_step(size: dict) -> tuple[float, float]:
-  """(examples/s, MFU at float32 peak) of the fine-tuning train step on device-resident batches."""
+  """(examples/s, MFU at float32 peak) of the fine-tuning train step on device-resident batches; its FLOPs are the
+  usual 3 × forward (`train.flops`), as MFU is defined in the PaLM paper."""
   model = vit.ViT(num_classes=1000, pool_type="map", **size["model"])
   shape = (size["image_size"], size["image_size"])
   params = pretrain.init_params(model, shape, 0, 0.0)
@@ -126,7 +128,7 @@ def train_step(size: dict) -> tuple[float, float]:
   images = put(np.random.default_rng(0).uniform(-1, 1, (batch, *shape, 3)).astype(np.float32))
   labels = put(np.random.default_rng(1).integers(0, 1000, batch))
   step = loop.make_train_step(model, tx, mesh, loss=loop.softmax_xent, num_classes=1000)
-  flops = compiled_flops(step, state, images, labels)
+  flops = train_flops.train_flops(model, shape, batch)
   state, metrics = step(state, images, labels)
   jax.block_until_ready(metrics)
   t = time.perf_counter()
@@ -147,27 +149,32 @@ def pipeline(size: dict) -> tuple[float, int]:
   return rate, workers
 
 
+def measure(size: dict, model: str) -> list[tuple[str, str, str, str]]:
+  """The table's rows: (measurement, rate, MFU, note)."""
+  rows = []
+  for dtype in ("float32", "bfloat16"):
+    rate, mfu, sweep = extraction(size, dtype)
+    rows.append((f"features {model} {dtype}", f"{rate:.1f} img/s", f"{mfu:.2%}", f"micro-batch → img/s: {sweep}"))
+  fixed, loo = fewshot(size)
+  rows.append((f"few-shot suite, {size['classes']} classes, d={size['dim']}, {size['n_test']} test", f"{fixed:.2f} s",
+               "", f"with the 21-λ LOO sweep: {loo:.2f} s ({loo / fixed:.1f}×)"))
+  rate, mfu = train_step(size)
+  rows.append((f"fine-tune step {model}, batch {size['train_batch']}", f"{rate:.1f} ex/s", f"{mfu:.2%}", "float32"))
+  rate, workers = pipeline(size)
+  rows.append(("input pipeline, few-shot pp on 500×375 JPEGs", f"{rate:.0f} img/s", "", f"{workers} worker processes"))
+  return rows
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--smoke", action="store_true", help="reduced size, for a quick check that everything runs")
   args = parser.parse_args()
   size = SMOKE if args.smoke else FULL
-  model = "ViT-B/16 @224" if not args.smoke else f"smoke ViT @{size['image_size']}"
   t0 = time.perf_counter()
   print(f"devices: {jax.device_count()} × {jax.devices()[0].device_kind} ({jax.default_backend()}); "
         f"peaks: " + ", ".join(f"{d} {peak_tflops(d)[0]:.1f} TFLOP/s ({peak_tflops(d)[1]})"
                                for d in ("float32", "bfloat16")))
-  rows = []
-  for dtype in ("float32", "bfloat16"):
-    rate, mfu, sweep = extraction(size, dtype)
-    rows.append((f"features {model} {dtype}", f"{rate:.1f} img/s", f"{mfu:.1%}", f"micro-batch → img/s: {sweep}"))
-  fixed, loo = fewshot(size)
-  rows.append((f"few-shot suite, {size['classes']} classes, d={size['dim']}, {size['n_test']} test", f"{fixed:.2f} s",
-               "", f"with the 21-λ LOO sweep: {loo:.2f} s ({loo / fixed:.1f}×)"))
-  rate, mfu = train_step(size)
-  rows.append((f"fine-tune step {model}, batch {size['train_batch']}", f"{rate:.1f} ex/s", f"{mfu:.1%}", "float32"))
-  rate, workers = pipeline(size)
-  rows.append(("input pipeline, few-shot pp on 500×375 JPEGs", f"{rate:.0f} img/s", "", f"{workers} worker processes"))
+  rows = measure(size, "ViT-B/16 @224" if not args.smoke else f"smoke ViT @{size['image_size']}")
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   print(f"{'measurement':{widths[0]}s}  {'rate':>{widths[1]}s}  {'MFU':>{max(3, widths[2])}s}  note")
   for name, value, mfu, note in rows:

@@ -204,8 +204,8 @@ def test_worker_parts_in_shared_memory_are_freed_read_or_not():
   first = next(batches)
   np.testing.assert_array_equal(first["image"], np.zeros((3, 5, 5), np.float32))
   assert first["id"].tolist() == [0, 1, 2] and first["name"].tolist() == ["img0"] * 3
-  batches.close()  # two made parts were never read
-  assert len(made) == 3
+  batches.close()  # parts made ahead (one or two, as the thread got to them) were never read
+  assert len(made) >= 2
   for name in made:
     with pytest.raises(FileNotFoundError):
       shared_memory.SharedMemory(name=name)
@@ -336,14 +336,14 @@ def test_fashion_mnist(fashion_dir):
   assert abs(mean - 0.2860) < 1e-3 and abs(std - 0.3530) < 1e-3
 
 
-@pytest.mark.slow  # ≈ 10 s on 2 cores: 6 passes over 4,000 images, 4 pools of worker processes started
+@pytest.mark.slow  # ≈ 7 s on 2 cores: 4 passes over 4,000 images, 2 pools of worker processes started
 def test_fashion_mnist_pixels_and_fewshot_do_not_depend_on_workers(fashion_dir):
-  """Fashion-MNIST through the few-shot pp in threads, 1 worker process or 2: the same pixels in the same order, and
-  so the same few-shot numbers on them."""
+  """Fashion-MNIST through the few-shot pp in threads or in 2 worker processes: the same pixels in the same order,
+  and so the same few-shot numbers on them (1 worker: the digits test above)."""
   from evalkit.probes import ridge
   pp = "decode|resize(28)|value_range(-1, 1)"
   splits = {s: data.open_split("fashion_mnist", s, fashion_dir) for s in ("train[:3000]", "test[:1000]")}
-  runs = {w: {s: _all(r, pp, batch_size=500, workers=w) for s, r in splits.items()} for w in (0, 1, 2)}
+  runs = {w: {s: _all(r, pp, batch_size=500, workers=w) for s, r in splits.items()} for w in (0, 2)}
   accs = {}
   for workers, run in runs.items():
     for split, batch in run.items():
@@ -353,7 +353,7 @@ def test_fashion_mnist_pixels_and_fewshot_do_not_depend_on_workers(fashion_dir):
     accs[workers] = ridge.ridge_fewshot(train["image"].reshape(3000, -1), train["label"],
                                         test["image"].reshape(1000, -1), test["label"], num_classes=10,
                                         shots=(1, 10), seeds=(0, 1))
-  assert accs[0] == accs[1] == accs[2]
+  assert accs[0] == accs[2]
   assert 0.4 < accs[0][(10, 0)] < 0.9, accs[0]
 
 
