@@ -109,7 +109,7 @@ class Ranked:
 
   A row is one fitted model named by its metric (`top1`, `20nn`), or one episode of an episodic probe named
   `<metric>/<episode>` (`10shot/seed0`): the metric averages its episodes, as `results.episodes_of` reads the items.
-  `aside`: what the probe's `on_test` reads beside the rankings; never written (few-shot: every prediction triple).
+  `aside`: what the probe's `on_test` reads beside the rankings, never written (few-shot: labels at the LOO λ).
   """
   top: dict[str, np.ndarray]
   probabilities: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
