@@ -125,22 +125,28 @@ def resize_area(image: np.ndarray, oh: int, ow: int) -> np.ndarray:
   x-weighted values (first and last weighted, middle ones added unscaled),
   scales that row sum by the row's weight and accumulates; finally it
   multiplies by 1 / (scale_y * scale_x). Doing the x pass for every source
-  row first and accumulating rows in order reproduces that arithmetic.
+  row first and accumulating rows in order reproduces that arithmetic; the
+  columns are gathered before the (exact) float32 cast and every product and
+  sum is made in place, which leaves the numbers as they were.
   """
-  x = image.astype(np.float32, copy=False)
-  h, w = x.shape[:2]
+  h, w = image.shape[:2]
   xi, xw = area_taps(w, ow)
   yi, yw = area_taps(h, oh)
-  rows = x[:, xi[:, 0]] * xw[None, :, 0, None]
+
+  def weighted(source, index, weight, axis):  # source[index along axis] · weight, float32, in a fresh array
+    taken = np.take(source, index, axis=axis).astype(np.float32, copy=False)  # gather first: the cast is exact
+    return np.multiply(taken, weight, out=taken)
+
+  rows = weighted(image, xi[:, 0], xw[None, :, 0, None], 1)
   for k in range(1, xi.shape[1]):
-    rows = rows + x[:, xi[:, k]] * xw[None, :, k, None]
-  out = rows[yi[:, 0]] * yw[:, 0, None, None]
+    np.add(rows, weighted(image, xi[:, k], xw[None, :, k, None], 1), out=rows)
+  out = weighted(rows, yi[:, 0], yw[:, 0, None, None], 0)
   for k in range(1, yi.shape[1]):
-    out = out + rows[yi[:, k]] * yw[:, k, None, None]
+    np.add(out, weighted(rows, yi[:, k], yw[:, k, None, None], 0), out=out)
   # `1.0 / (float * float)` in C++: the product is float32, the division is
   # done in double and stored as float32.
   norm = np.float32(1.0 / float(_resize_scale(h, oh) * _resize_scale(w, ow)))
-  return out * norm
+  return np.multiply(out, norm, out=out)
 
 
 RESIZERS = {
