@@ -19,6 +19,7 @@ matmul measured in this run. Synthetic inputs; nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import tempfile
 import time
@@ -26,17 +27,15 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+import bench_features
 import bench_fewshot
 import bench_pipeline
-from evalkit import distributed, features, tasks
-from evalkit.adapters import finetune
+import bench_train
+from evalkit import distributed, features
 from evalkit.data import memory, pp
 from evalkit.models import vit
 from evalkit.probes import ridge
-from evalkit.train import flops as train_flops
-from evalkit.train import loop, optim, pretrain
 
 # Dense peak TFLOP/s (NVIDIA H100 / H200 datasheets): TF32 and BF16 tensor cores, SXM and PCIe boards.
 DATASHEET_TFLOPS = {("H100", "PCIe"): {"float32": 378.0, "bfloat16": 756.0},
@@ -51,26 +50,15 @@ SMOKE = {"model": {"patch_size": (7, 7), "width": 32, "depth": 2, "mlp_dim": 64,
          "train_batch": 16, "train_steps": 3, "jpegs": 32, "jpeg_batch": 8, "shots": (2,)}
 
 
+@functools.cache
 def peak_tflops(dtype: str) -> tuple[float, str]:
-  """(peak TFLOP/s of one device at `dtype`, where the number comes from)."""
+  """(peak TFLOP/s of one device at `dtype`, where the number comes from); measured once per dtype."""
   kind = jax.devices()[0].device_kind
   for (chip, board), peaks in DATASHEET_TFLOPS.items():
     if chip in kind and board in kind:
       return peaks[dtype], f"{kind} datasheet"
   n = 2048 if jax.default_backend() != "cpu" else 1024
-  a = jnp.ones((n, n), dtype)
-  mm = jax.jit(lambda x: x @ x)
-  mm(a).block_until_ready()
-  t = time.perf_counter()
-  for _ in range(5):
-    mm(a).block_until_ready()
-  return 2 * n**3 * 5 / (time.perf_counter() - t) / 1e12, f"measured {n}² matmul"
-
-
-def compiled_flops(jitted, *args) -> float:
-  cost = jitted.lower(*args).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost["flops"])
+  return bench_features.matmul_gflops(n, repeats=5, dtype=jnp.dtype(dtype)) / 1e3, f"measured {n}² matmul"
 
 
 def extraction(size: dict, dtype: str) -> tuple[float, float, str]:
@@ -83,7 +71,7 @@ def extraction(size: dict, dtype: str) -> tuple[float, float, str]:
   images = np.random.default_rng(0).uniform(-1, 1, (n, *shape)).astype(np.float32)
   reader = memory.ArrayReader(images, np.zeros(n, np.int64))
   identity, mesh = pp.parse("keep('image', 'label')"), distributed.data_mesh()
-  flops = compiled_flops(jax.jit(featurizer.fn), featurizer.params, jnp.zeros((16, *shape), jnp.float32)) / 16
+  flops = bench_features.flops_per_image(featurizer, shape, 16)
   rates = {}
   for micro in size["micro_batches"]:
     batch = micro * jax.device_count() * max(1, 256 // (micro * jax.device_count()))
@@ -115,29 +103,12 @@ def fewshot(size: dict) -> tuple[float, float]:
 
 
 def train_step(size: dict) -> tuple[float, float]:
-  """(examples/s, MFU at float32 peak) of the fine-tuning train step on device-resident batches; its FLOPs are the
-  usual 3 × forward (`train.flops`), as MFU is defined in the PaLM paper."""
-  model = vit.ViT(num_classes=1000, pool_type="map", **size["model"])
+  """(examples/s, MFU at float32 peak) of the fine-tuning train step (bench_train's measurement); its FLOPs are the
+  usual 3 × forward, as MFU is defined in the PaLM paper."""
   shape = (size["image_size"], size["image_size"])
-  params = pretrain.init_params(model, shape, 0, 0.0)
-  tx, _ = optim.make(finetune.optimizer_config(tasks.load_task("digits_finetune"), 0.01), params, 10_000)
-  mesh = distributed.data_mesh()
-  state = jax.device_put(loop.init_state(params, tx), NamedSharding(mesh, P()))
-  put = lambda a: jax.device_put(a, NamedSharding(mesh, P(distributed.DATA_AXIS)))
-  batch = size["train_batch"]
-  images = put(np.random.default_rng(0).uniform(-1, 1, (batch, *shape, 3)).astype(np.float32))
-  labels = put(np.random.default_rng(1).integers(0, 1000, batch))
-  step = loop.make_train_step(model, tx, mesh, loss=loop.softmax_xent, num_classes=1000)
-  flops = train_flops.train_flops(model, shape, batch)
-  state, metrics = step(state, images, labels)
-  jax.block_until_ready(metrics)
-  t = time.perf_counter()
-  for _ in range(size["train_steps"]):
-    state, metrics = step(state, images, labels)
-  jax.block_until_ready(metrics)
-  seconds = (time.perf_counter() - t) / size["train_steps"]
-  peak, _ = peak_tflops("float32")
-  return batch / seconds, flops / seconds / (peak * 1e12 * jax.device_count())
+  rate, _, flops = bench_train.step_rate({"pool_type": "map", **size["model"]}, shape, size["train_batch"],
+                                         size["train_steps"], num_classes=1000, stage="finetune")
+  return rate, rate / size["train_batch"] * flops / (peak_tflops("float32")[0] * 1e12 * jax.device_count())
 
 
 def pipeline(size: dict) -> tuple[float, int]:

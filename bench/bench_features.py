@@ -21,8 +21,8 @@ from evalkit.data import memory, pp
 from evalkit.models import vit
 
 
-def matmul_gflops(n=2048, repeats=10) -> float:
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_gflops(n=2048, repeats=10, dtype=jnp.float32) -> float:
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   mm = jax.jit(lambda x, y: x @ y)
   mm(a, a).block_until_ready()
   t = time.perf_counter()

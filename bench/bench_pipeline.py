@@ -1,21 +1,19 @@
-"""Host preprocessing cost: evalkit's TF-exact pp ops against decoding alone and PIL's own resize, per image and
-through a pool of 1 and 2 workers (threads vs processes), on generated ImageNet-like JPEGs; then evalkit's loader
-itself (a TFDS dataset of those JPEGs read with `iter_batches`) with 1-2 threads and 1-2 worker processes.
+"""Host preprocessing cost: evalkit's TF-exact pp ops against decoding alone and PIL's own resize, per image, on
+generated ImageNet-like JPEGs; then evalkit's loader itself (a TFDS dataset of those JPEGs read with `iter_batches`)
+with 1-2 threads and 1-2 worker processes.
 
   python bench/bench_pipeline.py [--images 64 --repeats 3 --loader_images 512]
 
 The pp string is the few-shot one, `decode|resize(256)|central_crop(224)|value_range(-1, 1)`. Per op: ms per image
 for evalkit's op (the TF-exact float32 kernel for resize), the PIL path doing the same job (PIL's bilinear resize,
-which is not TF's arithmetic) and the ratio to decoding alone. Pipeline: images/s of the whole pp string in a pool
-of threads (the loader's way today; the GIL serialises the numpy work) or of processes, and the host cores one GPU
-needs at 3,000 images/s (ViT-B/16 bf16 extraction on an H100) at the best rate per worker.
+which is not TF's arithmetic) and the ratio to decoding alone. Loader: seconds to the first batch (starting threads
+or spawning workers) and images/s after it, and the host cores one GPU needs at 3,000 images/s (ViT-B/16 bf16
+extraction on an H100) at the best rate per thread or worker.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import io
-import multiprocessing
 import tempfile
 import time
 
@@ -105,22 +103,8 @@ def _pil_pipeline(data: bytes) -> np.ndarray:
   return x.astype(np.float32) / np.float32(127.5) - np.float32(1)
 
 
-_PREPROCESS = None
-
-
-def _evalkit_pipeline(data: bytes) -> np.ndarray:
-  global _PREPROCESS  # one parse per worker process
-  if _PREPROCESS is None:
-    _PREPROCESS = pp.parse(PP)
-  return _PREPROCESS({"image": data})["image"]
-
-
-def pool_rate(make_pool, workers: int, jpegs: list[bytes]) -> float:
-  with make_pool(workers) as pool:
-    list(pool.map(_evalkit_pipeline, jpegs[:workers * 2]))  # warm the workers (imports, parse)
-    t = time.perf_counter()
-    list(pool.map(_evalkit_pipeline, jpegs, chunksize=8))
-    return len(jpegs) / (time.perf_counter() - t)
+def _evalkit_pipeline(data: bytes, _preprocess=pp.parse(PP)) -> np.ndarray:
+  return _preprocess({"image": data})["image"]
 
 
 def main():
@@ -154,20 +138,13 @@ def main():
   whole = ms_per_image(_evalkit_pipeline, jpegs, args.repeats)
   pil_whole = ms_per_image(_pil_pipeline, jpegs, args.repeats)
   print(f"{'whole pp string':20s} {whole:10.2f} {pil_whole:8.2f} {whole / decode_ms:14.2f}×  (target ≤ 1.5×)")
-  best = 0.0
-  spawn = multiprocessing.get_context("spawn")  # no fork of a process that may hold jax / tf threads
-  pools = {"threads": lambda n: concurrent.futures.ThreadPoolExecutor(n),
-           "processes": lambda n: concurrent.futures.ProcessPoolExecutor(n, mp_context=spawn)}
-  for kind, make_pool in pools.items():
-    for workers in (1, 2):
-      rate = pool_rate(make_pool, workers, jpegs)
-      best = max(best, rate / workers)
-      print(f"pipeline, {workers} {kind:9s} {rate:8.1f} img/s")
-  print(f"cores to feed one GPU at {GPU_IMAGES_PER_S} img/s: {GPU_IMAGES_PER_S / best:.0f} "
-        f"(at the best {best:.0f} img/s per worker)")
   print(f"loader (source.iter_batches, batches of 32, {args.loader_images} JPEGs in array_record):")
+  best = 0.0
   for label, start, rate in loader_rates(args.loader_images):
     print(f"  {label:20s} first batch after {start:5.2f} s, then {rate:7.1f} img/s")
+    best = max(best, rate / int(label.split()[0]))
+  print(f"cores to feed one GPU at {GPU_IMAGES_PER_S} img/s: {GPU_IMAGES_PER_S / best:.0f} "
+        f"(at the best {best:.0f} img/s per thread or worker)")
 
 
 if __name__ == "__main__":
