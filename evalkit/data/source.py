@@ -26,6 +26,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import logging
 import multiprocessing
 import os
 import threading
@@ -42,6 +43,7 @@ from evalkit.data import pp as pp_lib
 from evalkit.data.errors import BadSplit, DatasetNotPrepared, DatasetUnreadable, prepare_command
 
 Example = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> str:
@@ -488,6 +490,7 @@ class SplitReader:
     runs JAX's threads, which a fork would copy in whatever state they are."""
     if not workers:
       return None
+    log.info("%s %s: decoding and pp in %d worker processes", self.name, self.split, workers)
     # A pool per call: it lives as long as one pass over the split.
     return concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context("spawn"),

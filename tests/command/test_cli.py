@@ -42,6 +42,7 @@ def digits_run(ckpt, data_dir, tmp_path_factory):
 def test_eval_writes_result_matching_direct_computation(digits_run, ckpt, data_dir):
   proc = digits_run["first"]
   assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "digits train: decoding and pp in 2 worker processes" in proc.stderr  # --workers reached the loader
   path = digits_run["out"] / "results" / digits_run["name"] / "digits.json"
   rec = results.load(path)
   model = vit.ViT(num_classes=None, variant="mu/7", pool_type="map")
